@@ -1,0 +1,145 @@
+"""The ``stemloop`` command.
+
+User mistakes (``UserError``) print one line and exit 2; anything else is a
+bug and keeps its traceback (exit 1). Heavy imports (torch, Prefect, MLflow)
+happen inside the commands that need them, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+
+from rich.console import Console
+
+from adapt.errors import UserError
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args) or 0
+    except UserError as exc:
+        err.print(f"[red]stemloop: error:[/] {exc}", soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("stemloop: interrupted")
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stemloop",
+        description="Separate old single-track recordings into clean stems by adapting a model "
+                    "to each recording.",
+        epilog="State (Prefect home, MLflow store, runs) lives in $STEMLOOP_HOME or ./.stemloop. "
+               "Exit codes: 0 ok, 2 bad input or config, 1 a bug.")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    cmd = sub.add_parser("version", help="print versions of stemloop and its key libraries")
+    cmd.set_defaults(handler=cmd_version)
+
+    cmd = sub.add_parser("info", help="describe an audio file: format, rate, level, loudness",
+                         description="Describe an audio file: format, subtype, rate, channels, "
+                                     "duration, peak, integrated loudness (BS.1770-4), clipping "
+                                     "and digital silence. Streams the file, so any length works.")
+    cmd.add_argument("file", help="audio file (WAV, FLAC, OGG, AIFF, ...)")
+    cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_config_args(cmd)
+    cmd.set_defaults(handler=cmd_info)
+
+    config = sub.add_parser("config", help="show the effective configuration")
+    config_sub = config.add_subparsers(title="config commands", metavar="ACTION")
+    cmd = config_sub.add_parser("show", help="print the effective config as YAML")
+    add_config_args(cmd)
+    cmd.set_defaults(handler=cmd_config_show)
+    return parser
+
+
+def add_config_args(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--config", metavar="FILE",
+                     help="preset YAML over configs/default.yaml (a path, or a name such as "
+                          "'smoke')")
+    cmd.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one key, e.g. --set train.steps=200 (repeatable)")
+
+
+def load(args: argparse.Namespace):
+    from adapt.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    names = ["stemloop", "torch", "torchaudio", "prefect", "mlflow", "soundfile", "pyloudnorm"]
+    versions = {name: _version(name) for name in names}
+    out.print(f"stemloop {versions.pop('stemloop')} (python {sys.version.split()[0]}, "
+              + ", ".join(f"{k} {v}" for k, v in versions.items()) + ")")
+    return 0
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from datasets.audio import measure
+    from flows.state import state_dir
+
+    config = load(args)
+    stats = measure(args.file, config.io.block_seconds, config.io.clip_threshold,
+                    config.io.silence_dbfs)
+    info = stats.info
+    rows = {
+        "file": str(info.path),
+        "format": info.format,
+        "subtype": info.subtype,
+        "sample_rate": info.sample_rate,
+        "channels": info.channels,
+        "duration_s": round(info.duration, 3),
+        "peak_dbfs": _round(stats.peak_dbfs),
+        "integrated_lufs": _round(stats.lufs),
+        "clipped_pct": round(stats.clipped_pct, 4),
+        "digital_silence_pct": round(stats.silence_pct, 4),
+        "state_dir": str(state_dir(config)),
+    }
+    for note in stats.warnings():
+        err.print(f"[yellow]stemloop: warning:[/] {note}", soft_wrap=True)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    units = {"duration_s": " s", "sample_rate": " Hz", "peak_dbfs": " dBFS",
+             "integrated_lufs": " LUFS", "clipped_pct": " %", "digital_silence_pct": " %"}
+    width = max(map(len, rows))
+    for key, value in rows.items():
+        out.print(f"{key.replace('_', ' '):<{width}}  {value}{units.get(key, '')}")
+    return 0
+
+
+def _round(value: float) -> float | str:
+    return round(value, 2) if math.isfinite(value) else "-inf"
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from adapt.config import dump_config
+
+    print(dump_config(load(args)), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
