@@ -90,7 +90,7 @@ def read_audio(path: str | Path, min_duration_s: float = 0.0) -> tuple[torch.Ten
 
 def iter_blocks(path: str | Path, block_frames: int, min_duration_s: float = 0.0
                 ) -> Iterator[torch.Tensor]:
-    """Stream a file as consecutive float32 ``(channels, block_frames)`` blocks (last may be short)."""
+    """Stream a file as float32 ``(channels, block_frames)`` blocks; the last may be short."""
     info = probe(path, min_duration_s)
     for start in range(0, info.frames, block_frames):
         block = _read(info, start, min(start + block_frames, info.frames))
@@ -112,8 +112,9 @@ def _read(info: AudioInfo, start: int, stop: int) -> np.ndarray:
         raise AudioError(f"{info.path}: cannot decode audio near {start / info.sample_rate:.1f} s "
                          f"({_sf_reason(exc)}); the file may be truncated or corrupt") from None
     if data.shape[0] < stop - start:
-        raise AudioError(f"{info.path}: audio ends at {(start + data.shape[0]) / info.sample_rate:.1f}"
-                         f" s but the header promises {info.duration:.1f} s; the file is truncated")
+        end = (start + data.shape[0]) / info.sample_rate
+        raise AudioError(f"{info.path}: audio ends at {end:.1f} s but the header promises "
+                         f"{info.duration:.1f} s; the file is truncated")
     return np.ascontiguousarray(data.T)
 
 
@@ -194,7 +195,7 @@ def write_audio(path: str | Path, audio: torch.Tensor, sample_rate: int,
 # ---------------------------------------------------------------- resampling and loudness
 
 def resample(audio: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
-    """Band-limited resampling of ``(..., time)`` audio (Kaiser-windowed sinc, ~-100 dB stopband)."""
+    """Band-limited resampling of ``(..., time)`` audio (Kaiser-windowed sinc)."""
     if orig_rate == new_rate:
         return audio
     return AF.resample(audio, orig_rate, new_rate, lowpass_filter_width=64, rolloff=0.9475,

@@ -1,0 +1,72 @@
+"""The stemloop command: help, version, info, config show, and exit codes for mistakes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from flows.cli import main
+from tests.conftest import sine
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_info_prints_every_field(capsys, write_wav):
+    path = write_wav("tone.wav", sine(997, 48000, 3.0, 1.0, channels=2), 48000, "PCM_24")
+    code, out, _ = run(capsys, "info", str(path), "--json")
+    assert code == 0
+    fields = json.loads(out)
+    assert fields["format"] == "WAV" and fields["subtype"] == "PCM_24"
+    assert fields["sample_rate"] == 48000 and fields["channels"] == 2
+    assert fields["duration_s"] == 3.0
+    assert fields["peak_dbfs"] == pytest.approx(0.0, abs=0.01)
+    assert fields["integrated_lufs"] == pytest.approx(-0.04, abs=0.1)  # two channels: +3 dB
+    assert "state_dir" in fields
+    code, out, _ = run(capsys, "info", str(path))
+    assert code == 0 and "integrated lufs" in out and "LUFS" in out
+
+
+def test_info_on_clipped_input_warns_and_succeeds(capsys, write_wav):
+    path = write_wav("hot.wav", np.clip(sine(440, 16000, 2.0, 2.0), -1, 1), 16000)
+    code, _, err = run(capsys, "info", str(path))
+    assert code == 0 and "warning" in err and "clipped" in err
+
+
+@pytest.mark.parametrize("name,content", [("missing.wav", None), ("empty.wav", b""),
+                                          ("junk.flac", b"\x00junk" * 100)])
+def test_info_on_bad_input_is_one_line_and_exit_2(capsys, tmp_path, name, content):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    code, out, err = run(capsys, "info", str(path))
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and str(path) in err
+
+
+def test_config_show_prints_effective_yaml(capsys):
+    code, out, _ = run(capsys, "config", "show", "--config", "smoke", "--set", "train.steps=123")
+    assert code == 0 and "steps: 123" in out
+
+
+def test_config_show_rejects_a_bad_key_with_exit_2(capsys):
+    code, _, err = run(capsys, "config", "show", "--set", "train.steps=0")
+    assert code == 2 and "'train.steps' = 0" in err and "≥ 1" in err
+
+
+def test_installed_console_script_help_version_and_user_error_without_traceback(tmp_path):
+    exe = [sys.executable, "-m", "flows.cli"]
+    help_run = subprocess.run([*exe, "--help"], capture_output=True, text=True, check=True)
+    assert "info" in help_run.stdout and "config" in help_run.stdout
+    version = subprocess.run([*exe, "version"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("stemloop 0.1.0") and "torch 2.11" in version.stdout
+    bad = subprocess.run([*exe, "info", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip() == f"stemloop: error: {tmp_path}: is a directory; give an audio file"
