@@ -41,6 +41,7 @@ class ModelConfig(Section):
     architecture: Literal["dprnn"]
     head: Literal["mask", "maskless"]
     targets: list[str] = Field(min_length=1, max_length=8)
+    complement: str = Field(min_length=1)
     sample_rate: int = Field(ge=8000, le=192000)
     latent_rate: int = Field(ge=50, le=4000)
     channels: int = Field(ge=4, le=1024)
@@ -48,7 +49,7 @@ class ModelConfig(Section):
     layers: int = Field(ge=1, le=16)
     rnn: Literal["lstm", "gru"]
     bidirectional: bool
-    chunk_frames: int = Field(ge=4, le=4096)
+    chunk_frames: int = Field(ge=4, le=4096, multiple_of=2)
 
 
 class SeparateConfig(Section):
@@ -56,8 +57,8 @@ class SeparateConfig(Section):
     recipe: str | None
     strength: float = Field(gt=0.0, le=10.0)
     chunk_seconds: float = Field(gt=0.0, le=600.0)
-    overlap: float = Field(ge=0.0, lt=1.0)
-    batch_size: int = Field(ge=1, le=256)
+    overlap: float = Field(ge=0.0, le=0.75)
+    threads: int = Field(ge=0, le=256)
 
 
 class CullConfig(Section):

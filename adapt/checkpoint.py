@@ -1,0 +1,119 @@
+"""Self-describing checkpoints: a checkpoint is data, never code.
+
+A file holds ``{format, model_class, model_config, state_dict, train_state,
+sample_rate, versions}`` made only of tensors, numbers, strings, lists and
+dicts, so ``torch.load(..., weights_only=True)`` reads it and nothing in it can
+run. The model is rebuilt from ``model_config`` and ``sample_rate`` alone.
+Every way a file can be wrong (missing, corrupt, a pickle carrying code, another
+model class, weights that do not fit) is a one-line ``CheckpointError`` naming
+the file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from adapt.config import ModelConfig
+from adapt.errors import UserError
+from adapt.model import Separator, build_model
+
+FORMAT = 1
+MODEL_CLASS = "stemloop.Separator"
+_KEYS = ("format", "model_class", "model_config", "state_dict", "train_state", "sample_rate")
+
+
+class CheckpointError(UserError):
+    """A checkpoint file cannot be used."""
+
+
+@dataclass
+class Checkpoint:
+    model: Separator
+    train_state: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for name in ("stemloop", "torch"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "unknown"
+    return found
+
+
+def save_checkpoint(path: str | Path, model: Separator,
+                    train_state: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (and optional training state) to ``path`` atomically."""
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "model_class": MODEL_CLASS,
+        "model_config": model.config.model_dump(mode="json"),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "train_state": train_state or {},
+        "sample_rate": model.sample_rate,
+        "versions": versions(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Rebuild the model stored at ``path`` (eval mode, CPU)."""
+    path = Path(path)
+    payload = _read(path)
+    missing = [key for key in _KEYS if key not in payload]
+    if payload.get("model_class") != MODEL_CLASS or missing:
+        kind = payload.get("model_class", "unknown")
+        raise CheckpointError(f"{path}: not a stemloop separator checkpoint (model class {kind!r}"
+                              f"{', missing ' + ', '.join(missing) if missing else ''})")
+    if payload["format"] != FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {payload['format']} is not supported "
+                              f"(this stemloop reads format {FORMAT})")
+    try:
+        config = ModelConfig.model_validate(payload["model_config"])
+        model = build_model(config, int(payload["sample_rate"]))
+        model.load_state_dict(payload["state_dict"])
+    except (ValidationError, UserError, RuntimeError, TypeError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200]
+        raise CheckpointError(f"{path}: checkpoint does not describe a usable model "
+                              f"({reason})") from None
+    return Checkpoint(model.eval(), dict(payload["train_state"]), dict(payload.get("versions", {})))
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file; check the path")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: refused to load: the file contains objects other than "
+                              "weights (possibly code); only stemloop checkpoints are accepted"
+                              ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError):
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated file)"
+                              ) from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: not a stemloop checkpoint (holds a "
+                              f"{type(payload).__name__}, not a dict)")
+    return payload
