@@ -1,0 +1,147 @@
+"""Chunked, streamed inference: any length of audio, memory bounded by one chunk.
+
+``overlap_add`` is the whole algorithm: chunks of ``chunk`` samples every
+``hop`` samples, each weighted by a Hann window (floored, so it never divides
+by zero), summed, and divided by the summed weights. Chunk reads are clipped to
+the file, so the first and last chunks see the file's real edges exactly as a
+one-pass run does; a chunk's low-weight edges are covered by its neighbours'
+high-weight middles, so every emitted sample comes mostly from a chunk that
+saw context on both sides. When the chunk grid is aligned to the model's
+``alignment`` (encoder stride × core hop), chunked output matches one-pass
+output up to the model's dependence on audio more than a chunk away.
+
+Sample rates: a model runs at its own rate. Audio at another rate is resampled
+to the model's rate chunk by chunk and the targets are resampled back; the
+complement is then recomputed at the input rate as mixture minus targets, so
+whatever the model could not see (e.g. above its Nyquist) lands in the
+complement. Output is always at the input's rate, length and channel count.
+
+Sum to mixture: each step's complement is the mixture minus its targets, and
+the float rounding left over after overlap-add is spread equally over the
+stems, so the written stems sum to the input to float precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from adapt.model import Separator
+from datasets.audio import AudioInfo, open_writer, probe, read_range, resample
+
+ChunkFn = Callable[[torch.Tensor], torch.Tensor]  # (channels, t) -> (sources, channels, t)
+Emit = Callable[[torch.Tensor, torch.Tensor], None]  # stems (S, C, n), mixture (C, n)
+Progress = Callable[[int, int], None]  # (frames done, frames total)
+
+
+class ModelStep:
+    """One model as a chunk function at ``rate``: ``(channels, t)`` → ``(sources, channels, t)``."""
+
+    def __init__(self, model: Separator, rate: int, strength: float = 1.0):
+        self.model, self.rate, self.strength = model, rate, strength
+        self.names = model.sources
+
+    @property
+    def alignment(self) -> int:
+        return self.model.alignment if self.rate == self.model.sample_rate else 1
+
+    def __call__(self, audio: torch.Tensor) -> torch.Tensor:
+        channels, time = audio.shape
+        if self.rate == self.model.sample_rate:
+            return self.model(audio[None], self.strength)[0]
+        inner = resample(audio, self.rate, self.model.sample_rate)
+        targets = self.model(inner[None], self.strength)[0, :-1]
+        targets = _fit(resample(targets, self.model.sample_rate, self.rate), time)
+        return torch.cat([targets, (audio - targets.sum(0))[None]])
+
+
+def overlap_add(fn: ChunkFn, read: Callable[[int, int], torch.Tensor], frames: int, chunk: int,
+                hop: int, emit: Emit) -> None:
+    """Stream ``frames`` samples through ``fn`` in windowed chunks; ``emit`` gets them in order.
+
+    ``read(lo, hi)`` returns ``(channels, hi - lo)``; ``emit`` is called with
+    consecutive blocks ``(sources, channels, n)`` covering ``[0, frames)``, plus
+    the matching mixture block.
+    """
+    window = torch.hann_window(chunk, periodic=True, dtype=torch.float64).clamp_min(1e-3)
+    acc = weight = None
+    for start in range(hop - chunk, frames, hop):
+        lo, hi = max(start, 0), min(start + chunk, frames)
+        mixture = read(lo, hi)
+        w = window[lo - start:hi - start]
+        out = fn(mixture).double()
+        if acc is None:
+            acc = torch.zeros(*out.shape[:2], chunk, dtype=torch.float64)
+            weight = torch.zeros(chunk, dtype=torch.float64)
+        acc[..., lo - start:hi - start] += out * w
+        weight[lo - start:hi - start] += w
+        a, b = lo - start, min(hop, frames - start)  # complete once this chunk is in
+        if b > a:
+            emit((acc[..., a:b] / weight[a:b]).float(), mixture[:, :b - a])
+        acc = torch.roll(acc, -hop, dims=-1)
+        weight = torch.roll(weight, -hop)
+        acc[..., -hop:] = 0.0
+        weight[-hop:] = 0.0
+
+
+def exact_sum(stems: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
+    """Spread ``mixture - stems.sum(0)`` equally over the stems. ``(S, C, n)`` → same."""
+    residual = mixture.double() - stems.double().sum(0)
+    return (stems.double() + residual / stems.shape[0]).float()
+
+
+def chunk_grid(seconds: float, overlap: float, rate: int, alignment: int) -> tuple[int, int]:
+    """``(chunk, hop)`` in samples, both multiples of ``alignment``."""
+    chunk = max(1, math.ceil(seconds * rate / alignment)) * alignment
+    hop = max(1, round(chunk * (1.0 - overlap) / alignment)) * alignment
+    return chunk, min(hop, chunk)
+
+
+def separate_tensor(fn: ChunkFn, audio: torch.Tensor, chunk: int, hop: int) -> torch.Tensor:
+    """In-memory chunked separation of ``(channels, time)`` → ``(sources, channels, time)``."""
+    blocks: list[torch.Tensor] = []
+    with torch.inference_mode():
+        overlap_add(fn, lambda lo, hi: audio[:, lo:hi], audio.shape[-1], chunk, hop,
+                    lambda stems, mix: blocks.append(exact_sum(stems, mix)))
+    return torch.cat(blocks, dim=-1)
+
+
+def separate_file(fn: ChunkFn, names: Sequence[str], source: str | Path, out_dir: str | Path,
+                  chunk_seconds: float, overlap: float, alignment: int = 1, suffix: str = ".wav",
+                  subtype: str = "FLOAT", progress: Progress | None = None,
+                  info: AudioInfo | None = None) -> dict[str, Path]:
+    """Separate a file into one file per stem in ``out_dir``, streamed block by block.
+
+    Stem ``a/b`` is written as ``a.b<suffix>``. Files appear only when all are
+    complete (atomic writes); on any error none of them is left behind.
+    """
+    info = info or probe(source)
+    chunk, hop = chunk_grid(chunk_seconds, overlap, info.sample_rate, alignment)
+    paths = {name: Path(out_dir) / f"{name.replace('/', '.')}{suffix}" for name in names}
+    done = 0
+
+    def emit(stems: torch.Tensor, mixture: torch.Tensor) -> None:
+        nonlocal done
+        stems = exact_sum(stems, mixture)
+        for writer, stem in zip(writers, stems, strict=True):
+            writer.write(stem.numpy().T)
+        done += mixture.shape[-1]
+        if progress:
+            progress(done, info.frames)
+
+    with contextlib.ExitStack() as stack, torch.inference_mode():
+        writers = [stack.enter_context(open_writer(p, info.sample_rate, info.channels, subtype))
+                   for p in paths.values()]
+        overlap_add(fn, lambda lo, hi: read_range(info, lo, hi), info.frames, chunk, hop, emit)
+    return paths
+
+
+def _fit(audio: torch.Tensor, time: int) -> torch.Tensor:
+    """Crop or zero-pad the last axis to ``time`` samples (resampling may be off by one)."""
+    if audio.shape[-1] >= time:
+        return audio[..., :time]
+    return torch.nn.functional.pad(audio, (0, time - audio.shape[-1]))

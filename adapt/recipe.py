@@ -1,0 +1,145 @@
+"""Recipes (patent 5.2, FIG. 13A–13E): a tree of separation steps.
+
+A recipe YAML lists ``steps``. Each step runs its model(s) on what the
+previous steps left (the complement) and takes out one target; what remains
+flows to the next step, and what remains after the last step is the ``rest``
+stem. A step with ``steps`` of its own splits its target further (FIG. 13A:
+voice → vocals / other speech). A step with several ``models`` combines them
+for one class (FIG. 13E): each model extracts from what the previous one left
+and the extractions are summed. Stems are named by their path in the tree
+(``voice/vocals``). Every step's complement is its input minus its target, so
+the leaves of the whole tree sum to the mixture.
+
+Model paths are relative to the recipe file (or absolute).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from adapt.apply import ModelStep
+from adapt.checkpoint import load_checkpoint
+from adapt.errors import ConfigError
+
+NAME = r"^[A-Za-z0-9_-]+$"
+
+
+class StepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME)
+    models: list[str] = Field(min_length=1, max_length=8)
+    target: str | None = None  # which of the model's targets; default its first
+    strength: float | None = Field(default=None, gt=0.0, le=10.0)
+    steps: list[StepSpec] = Field(default_factory=list)
+    rest: str = Field(default="other", pattern=NAME)  # complement name inside this step
+
+
+class RecipeSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    steps: list[StepSpec] = Field(min_length=1)
+    rest: str = Field(default="other", pattern=NAME)
+
+
+def read_recipe(path: str | Path) -> RecipeSpec:
+    """Parse and validate a recipe file; a one-line ``ConfigError`` naming the key if wrong."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read recipe ({exc.strerror})") from None
+    except yaml.YAMLError:
+        raise ConfigError(f"{path}: recipe is not valid YAML; fix the syntax") from None
+    try:
+        return RecipeSpec.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise ConfigError(f"{path}: recipe key '{key}' is invalid: {err['msg']}") from None
+
+
+class Recipe:
+    """A recipe as a chunk function at ``rate``: ``(channels, t)`` → ``(stems, channels, t)``."""
+
+    def __init__(self, spec: RecipeSpec, base: Path, rate: int, strength: float = 1.0):
+        self.spec, self.rate, self._strength = spec, rate, strength
+        self._models: dict[Path, ModelStep] = {}
+        self._steps = {id(s): self._load(s, base) for s in _walk(spec.steps)}
+        self.names = _leaves(spec.steps, spec.rest, "")
+        if len(set(self.names)) != len(self.names):
+            raise ConfigError(f"recipe '{spec.name}': two stems share a name "
+                              f"({', '.join(self.names)}); rename a step or a 'rest'")
+
+    @property
+    def alignment(self) -> int:
+        """Least common multiple of the models' grids, if small; else 1 (no exact alignment)."""
+        grid = 1
+        for step in self._models.values():
+            grid = math.lcm(grid, step.alignment)
+        return grid if grid <= self.rate else 1
+
+    @property
+    def model_paths(self) -> list[Path]:
+        return list(self._models)
+
+    def __call__(self, audio: torch.Tensor) -> torch.Tensor:
+        stems = self._split(audio, self.spec.steps, self.spec.rest, "")
+        return torch.stack(list(stems.values()))
+
+    def _load(self, spec: StepSpec, base: Path) -> list[tuple[ModelStep, int]]:
+        chosen = []
+        for name in spec.models:
+            path = (base / name).resolve()
+            if path not in self._models:
+                self._models[path] = ModelStep(load_checkpoint(path).model, self.rate)
+            model = self._models[path]
+            target = spec.target or model.names[0]
+            if target not in model.names[:-1]:
+                raise ConfigError(f"recipe step '{spec.name}': model {path.name} has no target "
+                                  f"{target!r} (it has {', '.join(model.names[:-1])})")
+            chosen.append((model, model.names.index(target)))
+        return chosen
+
+    def _split(self, audio: torch.Tensor, steps: list[StepSpec], rest: str, prefix: str
+               ) -> dict[str, torch.Tensor]:
+        stems: dict[str, torch.Tensor] = {}
+        remaining = audio
+        for spec in steps:
+            target = torch.zeros_like(audio)
+            for model, index in self._steps[id(spec)]:
+                model.strength = spec.strength or self._strength
+                extracted = model(remaining)[index]
+                target, remaining = target + extracted, remaining - extracted
+            path = f"{prefix}{spec.name}"
+            if spec.steps:
+                stems.update(self._split(target, spec.steps, spec.rest, f"{path}/"))
+            else:
+                stems[path] = target
+        stems[f"{prefix}{rest}"] = remaining
+        return stems
+
+
+def load_recipe(path: str | Path, rate: int, strength: float = 1.0) -> Recipe:
+    path = Path(path)
+    return Recipe(read_recipe(path), path.resolve().parent, rate, strength)
+
+
+def _leaves(steps: list[StepSpec], rest: str, prefix: str) -> list[str]:
+    """Stem names in output order: each step's leaves, then the rest."""
+    names = []
+    for step in steps:
+        path = f"{prefix}{step.name}"
+        names += _leaves(step.steps, step.rest, f"{path}/") if step.steps else [path]
+    return [*names, f"{prefix}{rest}"]
+
+
+def _walk(steps: list[StepSpec]) -> list[StepSpec]:
+    return [s for step in steps for s in (step, *_walk(step.steps))]
