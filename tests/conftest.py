@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-
-def sine(freq: float, rate: int, seconds: float, amplitude: float = 0.5,
-         channels: int = 1) -> np.ndarray:
-    """(time, channels) float32 sine, the layout soundfile writes."""
-    t = np.arange(int(round(seconds * rate))) / rate
-    wave = amplitude * np.sin(2 * math.pi * freq * t)
-    return np.repeat(wave[:, None], channels, axis=1).astype(np.float32)
+from tests.signals import sine  # noqa: F401  (re-exported for tests)
 
 
 @pytest.fixture

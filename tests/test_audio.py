@@ -22,7 +22,7 @@ from datasets.audio import (
     resample,
     write_audio,
 )
-from tests.conftest import sine
+from tests.signals import sine
 
 
 def noise(channels: int, frames: int, seed: int = 0) -> torch.Tensor:

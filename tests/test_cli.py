@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from flows.cli import main
-from tests.conftest import sine
+from tests.signals import sine
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
