@@ -2,6 +2,8 @@
 # Both create .venv, install Debian packages the project needs and the project
 # itself, then run. Re-running is quick: each step is skipped when done.
 
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,6 +11,9 @@ STAMP  := $(VENV)/.installed
 
 # Debian packages used by the data engine (speech voices, music rendering, sox).
 DEBS :=
+
+# pip's notes about this machine's optional local package mirrors are noise.
+QUIET := { grep -v -e 'is ignored: it is neither a file nor a directory' -e '^ *$$' || true; }
 
 .PHONY: demo test lint install sysdeps clean
 
@@ -33,8 +38,8 @@ sysdeps:
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --upgrade pip 2>&1 | $(QUIET)
+	$(BIN)/pip install -q -e '.[dev]' 2>&1 | $(QUIET)
 	touch $(STAMP)
 
 clean:
