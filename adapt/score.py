@@ -238,3 +238,33 @@ def dnsmos(audio: torch.Tensor, rate: int, hop_s: float = 4.5) -> dict[str, floa
                           for i in range(0, len(windows), 16)])
     return {name: float(np.polyval(_DNSMOS_FIT[name], raw[:, i]).mean())
             for i, name in enumerate(("sig", "bak", "ovrl"))}
+
+
+# ---------------------------------------------------------------- all scores for a set of stems
+
+def score_stems(stems: dict[str, torch.Tensor], rate: int, mixture: torch.Tensor | None = None,
+                speech: tuple[str, ...] = (), hop: int | None = None, use_dnsmos: bool = True,
+                dnsmos_hop_s: float = 4.5, click_threshold: float = 8.0
+                ) -> dict[str, dict[str, float]]:
+    """Every reference-free score for stems ``{name: (channels, time)}``.
+
+    Ghosting compares each stem with its complement (the mixture minus the stem, or the
+    other stems' sum when no mixture is given). Stems whose name contains one of
+    ``speech`` also get DNSMOS. ``hop`` (samples) enables the banding and seam scores.
+    Returns ``{stem: {score: value}}`` plus ``"mixture": {"consistency_db": ...}``.
+    """
+    total = sum(stems.values())
+    result: dict[str, dict[str, float]] = {}
+    for name, stem in stems.items():
+        complement = (mixture if mixture is not None else total) - stem
+        scores = {"clicks_per_min": click_rate(stem, rate, click_threshold),
+                  "noise_floor_db": noise_floor_db(stem, rate),
+                  "ghosting": ghosting(stem, complement, rate)}
+        if hop:
+            scores["banding_db"] = banding_db(stem, rate, hop)
+        if use_dnsmos and any(word in name.lower() for word in speech):
+            scores.update({f"dnsmos_{k}": v for k, v in dnsmos(stem, rate, dnsmos_hop_s).items()})
+        result[name] = scores
+    if mixture is not None:
+        result["mixture"] = {"consistency_db": consistency_db(list(stems.values()), mixture)}
+    return result

@@ -134,3 +134,25 @@ def test_metrics_on_known_signals():
     mixture = ref + t(rng.standard_normal((2, 4000)))
     assert torch.allclose(si_sdr_improvement(mixture, ref, mixture), torch.zeros(2,
                                                                                  dtype=ref.dtype))
+
+
+def test_score_command_writes_json_and_rejects_mismatched_input(tmp_path, capsys):
+    import json
+    import shutil
+
+    from flows.cli import main
+
+    stems = tmp_path / "stems"
+    shutil.copytree(EXAMPLE / "truth", stems)
+    mixture = str(EXAMPLE / "archive-dialogue.flac")
+    assert main(["score", str(stems), "--mixture", mixture, "--set", "score.dnsmos=false"]) == 0
+    written = json.loads((stems / "scores.json").read_text())["scores"]
+    assert written["noise"]["clicks_per_min"] == pytest.approx(42.0, abs=3)  # 14 clicks in 20 s
+    assert written["dialogue"]["clicks_per_min"] == 0.0
+    assert written["mixture"]["consistency_db"] is None  # exact: -inf is written as null
+    capsys.readouterr()
+    sf.write(stems / "short.wav", np.zeros(100, np.float32), 22050)
+    assert main(["score", str(stems), "--out", str(tmp_path / "x.json")]) == 2
+    assert "differs from the other stems" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+    assert main(["score", str(tmp_path / "nowhere")]) == 2
