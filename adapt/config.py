@@ -70,11 +70,27 @@ class CullConfig(Section):
     bridge_s: float = Field(ge=0.0, le=10.0)
 
 
+class LibraryConfig(Section):
+    music_rate: int = Field(ge=8000, le=96000)
+    synth_rate: int = Field(ge=8000, le=96000)
+    lufs: float = Field(ge=-70.0, le=0.0)
+    speech_clip_s: float = Field(gt=0.0, le=600.0)
+    piece_max_s: float = Field(gt=0.0, le=3600.0)
+    render_timeout_s: float = Field(gt=0.0, le=3600.0)
+    noise_clip_s: float = Field(gt=0.0, le=600.0)
+    noise_files_per_hour: int = Field(ge=0, le=100_000)
+    rooms_per_hour: int = Field(ge=0, le=100_000)
+    composers: list[str] = Field(min_length=1)
+    recorded_speech: bool
+    workers: int = Field(ge=0, le=256)
+
+
 class MixbusConfig(Section):
     schema_path: str
     library_dir: str | None
     segment_s: float = Field(gt=0.0, le=120.0)
     seed: int = Field(ge=0)
+    library: LibraryConfig
 
 
 class LossWeights(Section):
@@ -119,6 +135,9 @@ class ScoreWeights(Section):
 class ScoreConfig(Section):
     weights: ScoreWeights
     dnsmos: bool
+    dnsmos_hop_s: float = Field(gt=0.0, le=60.0)
+    speech_stems: list[str]
+    click_threshold: float = Field(gt=1.0, le=100.0)
 
 
 class LoopConfig(Section):
