@@ -90,6 +90,10 @@ class Recipe:
     def model_paths(self) -> list[Path]:
         return list(self._models)
 
+    @property
+    def model_rates(self) -> list[int]:
+        return sorted({step.model.sample_rate for step in self._models.values()})
+
     def __call__(self, audio: torch.Tensor) -> torch.Tensor:
         stems = self._split(audio, self.spec.steps, self.spec.rest, "")
         return torch.stack(list(stems.values()))
@@ -130,6 +134,14 @@ class Recipe:
 def load_recipe(path: str | Path, rate: int, strength: float = 1.0) -> Recipe:
     path = Path(path)
     return Recipe(read_recipe(path), path.resolve().parent, rate, strength)
+
+
+def model_files(path: str | Path) -> list[Path]:
+    """Every checkpoint a recipe file names, resolved, in order of first use."""
+    path = Path(path)
+    base = path.resolve().parent
+    files = [(base / m).resolve() for step in _walk(read_recipe(path).steps) for m in step.models]
+    return list(dict.fromkeys(files))
 
 
 def _leaves(steps: list[StepSpec], rest: str, prefix: str) -> list[str]:

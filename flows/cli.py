@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = config_sub.add_parser("show", help="print the effective config as YAML")
     add_config_args(cmd)
     cmd.set_defaults(handler=cmd_config_show)
+
+    from flows.separate_cli import add_separate_command
+
+    add_separate_command(sub, add_config_args)
     return parser
 
 

@@ -134,14 +134,16 @@ def test_corrupt_and_foreign_checkpoints_are_clear_errors(tmp_path: Path):
     good = save_checkpoint(tmp_path / "good.pt", model)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[:500])
+    junk = tmp_path / "junk.pt"
+    junk.write_text("junk\n")
     foreign = tmp_path / "foreign.pt"
     torch.save({"model_class": "demucs.HTDemucs", "state_dict": {}}, foreign)
     wrong_shapes = tmp_path / "shapes.pt"
     payload = torch.load(good, weights_only=True)
     payload["model_config"]["channels"] = 16
     torch.save(payload, wrong_shapes)
-    cases = {truncated: "corrupt", foreign: "demucs.HTDemucs", wrong_shapes: "usable model",
-             tmp_path / "missing.pt": "no such"}
+    cases = {truncated: "corrupt", junk: "corrupt", foreign: "demucs.HTDemucs",
+             wrong_shapes: "usable model", tmp_path / "missing.pt": "no such"}
     for path, words in cases.items():
         with pytest.raises(CheckpointError, match=words) as info:
             load_checkpoint(path)

@@ -1,0 +1,116 @@
+"""One separation job: a file, a model or a recipe, an output folder, a record of what ran.
+
+``prepare`` checks everything a person can get wrong (the input file, the
+model or recipe, the strength) before anything is written; ``run_separation``
+then streams the file through it and writes one file per stem plus
+``separation.json``. Stems sum to the input to float precision.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel
+
+from adapt.apply import ChunkFn, ModelStep, Progress, separate_file
+from adapt.checkpoint import load_checkpoint, versions
+from adapt.config import Config
+from adapt.errors import UserError
+from adapt.recipe import load_recipe
+from datasets.audio import AudioInfo, probe
+
+RECORD_NAME = "separation.json"
+
+
+class SeparationRecord(BaseModel):
+    """What ran and what it wrote (also written to ``separation.json``)."""
+
+    input: str
+    sample_rate: int
+    channels: int
+    frames: int
+    model: str | None
+    recipe: str | None
+    model_rate: list[int]
+    strength: float
+    chunk_seconds: float
+    overlap: float
+    stems: dict[str, str]
+    seconds: float
+    real_time_factor: float
+    versions: dict[str, str]
+
+
+@dataclass
+class Job:
+    info: AudioInfo
+    fn: ChunkFn
+    names: list[str]
+    alignment: int
+    model_rates: list[int]
+    model: Path | None
+    recipe: Path | None
+    strength: float
+
+
+def prepare(source: str | Path, config: Config, model: str | Path | None = None,
+            recipe: str | Path | None = None, strength: float | None = None) -> Job:
+    """Validate the input and load the separator; raises a one-line ``UserError`` if wrong."""
+    model = model or (None if recipe else config.separate.model)
+    recipe = recipe or (None if model else config.separate.recipe)
+    if model and recipe:
+        raise UserError("give a model or a recipe, not both")
+    if not model and not recipe:
+        raise UserError("no separation model: none is shipped yet (issue 5 trains the general "
+                        "model); pass --model CHECKPOINT or --recipe YAML")
+    strength = config.separate.strength if strength is None else strength
+    if not 0.0 < strength <= 10.0:
+        raise UserError(f"strength {strength:g} is out of range; use 0 < strength ≤ 10")
+    info = probe(source, config.io.min_duration_s)
+    if recipe:
+        tree = load_recipe(recipe, info.sample_rate, strength)
+        return Job(info, tree, tree.names, tree.alignment, tree.model_rates, None, Path(recipe),
+                   strength)
+    step = ModelStep(load_checkpoint(model).model, info.sample_rate, strength)
+    return Job(info, step, step.names, step.alignment, [step.model.sample_rate], Path(model),
+               None, strength)
+
+
+def run_separation(job: Job, out_dir: str | Path, config: Config,
+                   progress: Progress | None = None) -> SeparationRecord:
+    """Separate ``job.info.path`` into ``out_dir``; stems then ``separation.json``."""
+    if config.separate.threads:
+        torch.set_num_threads(config.separate.threads)
+    out_dir = Path(out_dir)
+    suffix = f".{config.io.output_format}"
+    started = time.perf_counter()
+    paths = separate_file(job.fn, job.names, job.info.path, out_dir, config.separate.chunk_seconds,
+                          config.separate.overlap, job.alignment, suffix,
+                          config.io.output_subtype, progress, job.info)
+    seconds = time.perf_counter() - started
+    record = SeparationRecord(
+        input=str(job.info.path.resolve()), sample_rate=job.info.sample_rate,
+        channels=job.info.channels, frames=job.info.frames,
+        model=str(job.model.resolve()) if job.model else None,
+        recipe=str(job.recipe.resolve()) if job.recipe else None,
+        model_rate=job.model_rates, strength=job.strength,
+        chunk_seconds=config.separate.chunk_seconds, overlap=config.separate.overlap,
+        stems={name: str(path.resolve()) for name, path in paths.items()},
+        seconds=round(seconds, 3), real_time_factor=round(seconds / job.info.duration, 5),
+        versions=versions())
+    _write_json(out_dir / RECORD_NAME, record.model_dump(mode="json"))
+    return record
+
+
+def _write_json(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; the record is for people to read
+    os.replace(tmp, path)

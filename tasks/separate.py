@@ -1,0 +1,69 @@
+"""Prefect task: separate one file (calls ``adapt.separate``; paths in, a small record out).
+
+Cached on content: the key hashes the input audio, the checkpoint(s) or
+recipe, the strength, the output folder, the config sections that change the
+result, and the source of the code that computes it. A rerun with the same
+content reuses the persisted record; the flow refreshes the cache when the
+files the record names are gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.context import TaskRunContext
+
+import adapt.apply
+import adapt.model
+import adapt.recipe
+import adapt.separate
+from adapt.apply import Progress
+from adapt.config import Config
+from adapt.separate import SeparationRecord, prepare, run_separation
+
+_progress: list[Progress] = []  # a callback the CLI installs; tasks get no callables as inputs
+
+
+def report_progress(callback: Progress | None) -> None:
+    """Send ``(frames done, frames total)`` of the running separation to ``callback``."""
+    _progress[:] = [callback] if callback else []
+
+
+def content_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    config: Config = parameters["config"]
+    if not config.orchestration.cache:
+        return None
+    digest = hashlib.sha256()
+    files = [Path(parameters["source"])]
+    if parameters["recipe"]:
+        files += [Path(parameters["recipe"]), *adapt.recipe.model_files(parameters["recipe"])]
+    if parameters["model"]:
+        files.append(Path(parameters["model"]))
+    for path in files:
+        digest.update(_file_digest(path).encode())
+    settings = (parameters["strength"], str(Path(parameters["out_dir"]).resolve()),
+                config.io.model_dump_json(), config.separate.model_dump_json())
+    digest.update(repr(settings).encode())
+    for module in (adapt.apply, adapt.model, adapt.recipe, adapt.separate):
+        digest.update(inspect.getsource(module).encode())
+    digest.update(inspect.getsource(separate_file).encode())
+    return f"separate-{digest.hexdigest()}"
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@task(name="separate-file", cache_key_fn=content_key, persist_result=True)
+def separate_file(source: str, out_dir: str, model: str | None, recipe: str | None,
+                  strength: float | None, config: Config) -> SeparationRecord:
+    job = prepare(source, config, model, recipe, strength)
+    return run_separation(job, out_dir, config, _progress[0] if _progress else None)
