@@ -268,3 +268,29 @@ def score_stems(stems: dict[str, torch.Tensor], rate: int, mixture: torch.Tensor
     if mixture is not None:
         result["mixture"] = {"consistency_db": consistency_db(list(stems.values()), mixture)}
     return result
+
+
+# ---------------------------------------------------------------- the loop's stop rule
+
+def best_iteration(history: list[float]) -> int:
+    """Index of the best quality estimate (the first on ties; non-finite counts as worst)."""
+    if not history:
+        raise ValueError("no iterations scored yet")
+    cleaned = [h if math.isfinite(h) else -math.inf for h in history]
+    return cleaned.index(max(cleaned))
+
+
+def should_stop(history: list[float], min_delta: float, patience: int,
+                max_iterations: int) -> bool:
+    """Stop adapting? ``history[k]`` is iteration k's quality estimate (0 = general model).
+
+    Stop once ``max_iterations`` adaptation iterations have run, or when none of the
+    last ``patience`` iterations beat the best before them by at least ``min_delta``.
+    """
+    if len(history) - 1 >= max_iterations:
+        return True
+    if len(history) <= patience:
+        return False
+    cleaned = [h if math.isfinite(h) else -math.inf for h in history]
+    best_before = max(cleaned[:-patience])
+    return all(h < best_before + min_delta for h in cleaned[-patience:])

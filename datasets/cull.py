@@ -1,0 +1,97 @@
+"""Cull crude stems with moving-RMS windows (patent 2.3): keep what is confidently there.
+
+A stem's level is measured as RMS over equal overlapping windows. A window is
+*active* when its level is within ``threshold_db`` of the stem's loudest window
+(relative, so the cull does not depend on the recording's gain). Dips shorter
+than ``bridge_s`` inside an active stretch are bridged first — syllable gaps
+would otherwise break speech into runs too short to keep — then runs shorter
+than ``min_duration_s`` are dropped. The threshold rises each iteration
+("a further RMS level greater than the prior"), so later iterations train on
+ever more confident material.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from adapt.config import CullConfig
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Samples ``[start, stop)`` of a stem and their RMS level in dB re the stem's loudest."""
+
+    start: int
+    stop: int
+    level_db: float
+
+
+def threshold_for(config: CullConfig, iteration: int) -> float:
+    """The cull threshold (dB re the loudest window) at ``iteration``; never above 0 dB."""
+    return min(0.0, config.threshold_db + iteration * config.threshold_step_db)
+
+
+def moving_rms_db(audio: torch.Tensor, rate: int, window_s: float, hop_s: float) -> np.ndarray:
+    """RMS of ``(channels, time)`` audio over windows ``[k·hop, k·hop + window)``, in dB re
+    the loudest window (channels pooled). Digital silence is -inf."""
+    x = audio.detach().double().reshape(-1, audio.shape[-1]).pow(2).mean(dim=0).numpy()
+    window, hop = max(1, int(round(window_s * rate))), max(1, int(round(hop_s * rate)))
+    if len(x) < window:
+        window = len(x)
+    cumulative = np.concatenate([[0.0], np.cumsum(x)])
+    starts = np.arange(0, len(x) - window + 1, hop)
+    power = (cumulative[starts + window] - cumulative[starts]) / window
+    peak = power.max() if len(power) else 0.0
+    with np.errstate(divide="ignore"):
+        return 10 * np.log10(power / peak) if peak > 0 else np.full(len(power), -np.inf)
+
+
+def active_runs(active: np.ndarray, bridge: int, minimum: int) -> list[tuple[int, int]]:
+    """Runs ``[first, last]`` of True frames after bridging False gaps shorter than ``bridge``
+    frames between them; runs spanning fewer than ``minimum`` frames are dropped."""
+    edges = np.diff(np.concatenate([[0], active.astype(np.int8), [0]]))
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
+    runs: list[list[int]] = []
+    for start, stop in zip(starts, stops, strict=True):
+        if runs and start - runs[-1][1] - 1 < bridge:
+            runs[-1][1] = stop
+        else:
+            runs.append([start, stop])
+    return [(a, b) for a, b in runs if b - a + 1 >= minimum]
+
+
+def cull(audio: torch.Tensor, rate: int, config: CullConfig, iteration: int = 0) -> list[Segment]:
+    """Confident segments of a stem at ``iteration``'s threshold."""
+    level = moving_rms_db(audio, rate, config.window_s, config.hop_s)
+    hop = max(1, int(round(config.hop_s * rate)))
+    window = min(max(1, int(round(config.window_s * rate))), audio.shape[-1])
+    # A run of n frames spans (n - 1)·hop + window samples.
+    minimum = int(np.ceil(max(0.0, config.min_duration_s * rate - window) / hop)) + 1
+    bridge = int(np.ceil(config.bridge_s * rate / hop))
+    runs = active_runs(level >= threshold_for(config, iteration), bridge, minimum)
+    return [Segment(first * hop, min(audio.shape[-1], last * hop + window),
+                    _mean_db(level[first: last + 1])) for first, last in runs]
+
+
+def _mean_db(levels: np.ndarray) -> float:
+    finite = levels[np.isfinite(levels)]
+    return float(10 * np.log10(np.mean(10 ** (finite / 10)))) if len(finite) else float("-inf")
+
+
+def coverage(segments: list[Segment], length: int) -> float:
+    """Fraction of ``length`` samples the segments cover (they never overlap)."""
+    return sum(s.stop - s.start for s in segments) / length if length else 0.0
+
+
+def segments_table(stem: str, segments: list[Segment], rate: int) -> pd.DataFrame:
+    """The rows ``cull.parquet`` holds for one stem."""
+    return pd.DataFrame({"stem": stem, "start": [s.start for s in segments],
+                         "stop": [s.stop for s in segments],
+                         "start_s": [s.start / rate for s in segments],
+                         "stop_s": [s.stop / rate for s in segments],
+                         "level_db": [s.level_db for s in segments]},
+                        columns=["stem", "start", "stop", "start_s", "stop_s", "level_db"])
