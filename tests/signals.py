@@ -28,3 +28,24 @@ def speechlike(rate: int, seconds: float, seed: int, peak: float = 0.3) -> np.nd
     envelope = np.clip(np.sin(2 * np.pi * 2.3 * t + rng.uniform(0, 6)) + 0.3, 0, None) ** 1.5
     x = x * envelope
     return peak * x / np.abs(x).max()
+
+
+def toy_batch(seed: int, batch: int, rate: int, seconds: float):
+    """A deterministic separation batch: harmonic 'voice' over low-passed noise.
+
+    Returns ``mixture (batch, 1, time)`` and ``sources (batch, 2, 1, time)`` (target,
+    complement) as float32 tensors; the same ``seed`` always gives the same batch.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    frames = int(rate * seconds)
+    t = torch.arange(frames) / rate
+    f0 = 150 + 100 * torch.rand(batch, 1, generator=gen)
+    voice = sum(torch.sin(2 * math.pi * k * f0 * t + k) / k for k in range(1, 6))
+    gate = (torch.sin(2 * math.pi * 3 * t + 6 * torch.rand(batch, 1, generator=gen)) > -0.3)
+    voice = 0.3 * voice * gate
+    noise = torch.randn(batch, frames, generator=gen)
+    noise = torch.nn.functional.avg_pool1d(noise[:, None], 5, 1, 2)[:, 0] * 0.3
+    sources = torch.stack([voice, noise], dim=1)[:, :, None].float()
+    return sources.sum(dim=1), sources

@@ -1,0 +1,119 @@
+"""Training engine: stages by parameter groups, losses, real (tiny) training, kill-and-resume."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from adapt.checkpoint import load_checkpoint
+from adapt.config import load_config
+from adapt.model import build_model
+from adapt.train import NEW_LAYERS, Run, losses, parameter_groups, train, validate
+from tests.signals import toy_batch
+
+RATE = 8000
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny(overrides: tuple[str, ...] = ()):
+    config = load_config("smoke", ["train.val_every=5", "train.checkpoint_every=5",
+                                   "train.lr=0.005", *overrides])
+    torch.manual_seed(0)
+    return config, build_model(config.model, RATE)
+
+
+def batches(config):
+    return lambda step: toy_batch(step, config.train.batch_size, RATE, config.train.segment_s)
+
+
+def test_new_layers_stage_freezes_every_inherited_parameter(tmp_path):
+    config, model = tiny()
+    groups = parameter_groups(model, "new-layers", 0.01)
+    held = {id(p) for g in groups for p in g["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in held}
+    assert names and all(n.startswith(NEW_LAYERS) for n in names)
+    assert {n for n, _ in model.named_parameters()} - names  # something is inherited
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(model, batches(config), [toy_batch(99, 2, RATE, 0.5)], config.train,
+          Run(tmp_path), stage="new-layers", steps=6)
+    for name, param in model.named_parameters():
+        if name.startswith(NEW_LAYERS):
+            continue
+        assert torch.equal(param, before[name]), f"{name} changed in stage new-layers"
+        assert not param.requires_grad
+    changed = [n for n in names if not torch.equal(dict(model.named_parameters())[n], before[n])]
+    assert changed  # the new layers did learn
+
+
+def test_all_stage_gives_inherited_layers_a_lower_rate():
+    _, model = tiny()
+    groups = parameter_groups(model, "all", 0.01, inherited_lr_scale=0.1)
+    assert [g["name"] for g in groups] == ["new", "inherited"]
+    assert groups[1]["lr"] == pytest.approx(0.001)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_losses_ignore_silent_references_and_vanish_on_a_perfect_estimate():
+    config, _ = tiny(("train.loss.l1=1.0", "train.loss.mrstft=1.0"))
+    mixture, sources = toy_batch(1, 2, RATE, 0.5)
+    silent = sources.clone()
+    silent[0, 0] = 0.0  # no voice in the first example
+    terms = losses(sources, silent, mixture, config.train.loss, RATE)
+    assert torch.isfinite(terms["total"])
+    perfect = losses(sources, sources, mixture, config.train.loss, RATE)
+    assert float(perfect["l1"]) == 0.0 and float(perfect["mrstft"]) < 1e-3
+    assert float(perfect["si_sdr"]) < -60  # negative SI-SDR: lower is better
+
+
+def test_training_separates_the_toy_task_and_keeps_the_best(tmp_path):
+    config, model = tiny()
+    val = [toy_batch(10_000 + i, 2, RATE, 0.5) for i in range(2)]
+    before = validate(model, val)["val/si_sdr"]
+    result = train(model, batches(config), val, config.train, Run(tmp_path), steps=40)
+    assert result["best_si_sdr"] > before + 10.0
+    assert validate(model, val)["val/si_sdr"] == pytest.approx(result["best_si_sdr"], abs=1e-4)
+    assert load_checkpoint(tmp_path / "best.pt").train_state["val_si_sdr"] == pytest.approx(
+        result["best_si_sdr"])
+
+
+def test_goal_and_early_stopping_end_training(tmp_path):
+    config, model = tiny(("train.early_stop_patience=1",))
+    val = [toy_batch(10_000, 2, RATE, 0.5)]
+    result = train(model, batches(config), val, config.train, Run(tmp_path / "goal"),
+                   steps=40, goal_si_sdr=-1000.0)
+    assert result["stopped"] == "goal" and result["step"] == 5
+
+
+def _history(folder: Path) -> list[float]:
+    state = load_checkpoint(folder / "last.pt").train_state
+    return [row["train/total"] for row in state["history"]]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_reproduces_the_uninterrupted_curve(tmp_path):
+    command = [sys.executable, "-m", "tests.train_worker"]
+    steps = "14"
+    subprocess.run([*command, str(tmp_path / "whole"), steps], cwd=ROOT, check=True)
+    killed = subprocess.Popen([*command, str(tmp_path / "killed"), steps, "0.25"], cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait for a checkpoint past step 4, then SIGKILL
+        last = tmp_path / "killed" / "last.pt"
+        if last.exists() and load_checkpoint(last).train_state["step"] >= 4:
+            break
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    interrupted_at = load_checkpoint(tmp_path / "killed" / "last.pt").train_state["step"]
+    assert 4 <= interrupted_at < 14
+    subprocess.run([*command, str(tmp_path / "killed"), steps], cwd=ROOT, check=True)
+    whole, resumed = _history(tmp_path / "whole"), _history(tmp_path / "killed")
+    assert len(whole) == len(resumed) == 14
+    assert resumed == pytest.approx(whole, rel=1e-5, abs=1e-6)
