@@ -1,0 +1,98 @@
+"""Sample-rate upscaling (patent 3.1, FIG. 6): train low, transplant, freeze, unfreeze.
+
+A model at rate r becomes a model at rate R: the sample-rate agnostic core and
+head are copied bit for bit; the rate-specific encoder and decoder are new. They
+are not random: each learned kernel is resampled to the new length (the filter
+a conv learned at r, drawn at R), which starts stage "new-layers" close to where
+the low-rate model was instead of from noise. Then stage "new-layers" trains the
+new ends and their neighbours with every inherited parameter frozen, until the
+validation SI-SDR is within ``margin_db`` of the low-rate model's (or the step
+budget ends), and stage "all" unfreezes everything, inherited layers at a lower
+learning rate, until it matches or beats the low-rate model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from adapt.checkpoint import load_checkpoint
+from adapt.config import TrainConfig, UpscaleConfig
+from adapt.model import RATE_SPECIFIC, Separator, build_model
+from adapt.train import Batches, OnMetrics, Run, train, validate
+
+Validation = list[tuple[torch.Tensor, torch.Tensor]]
+DataForRate = Callable[[int], tuple[Batches, Validation]]
+
+
+def transplant(model: Separator, rate: int) -> Separator:
+    """A model at ``rate`` whose core and head are ``model``'s; ends resampled from its ends."""
+    new = build_model(model.config, rate)
+    ratio = model.stride / new.stride
+    state = {}
+    for name, value in model.state_dict().items():
+        if not name.startswith(RATE_SPECIFIC):
+            state[name] = value.clone()
+            continue
+        length = new.state_dict()[name].shape[-1]
+        resized = F.interpolate(value, size=length, mode="linear", align_corners=False)
+        # An encoder sums r× more samples per frame at r× the rate: scale it down to match.
+        state[name] = resized * ratio if name.startswith("encoder.") else resized
+    new.load_state_dict(state)
+    return new
+
+
+def upscale(model: Separator, rate: int, data: DataForRate, upscale_config: UpscaleConfig,
+            train_config: TrainConfig, folder: Path, on_metrics: OnMetrics | None = None
+            ) -> tuple[Separator, dict[str, Any]]:
+    """Transplant ``model`` to ``rate`` and train it in the two stages; returns the new model
+    and a report of validation SI-SDR before and after each stage."""
+    _, low_val = data(model.sample_rate)
+    reference = validate(model, low_val)["val/si_sdr"]
+    batches, val = data(rate)
+    new = transplant(model, rate)
+    report: dict[str, Any] = {"from_rate": model.sample_rate, "to_rate": rate,
+                              "low_rate_si_sdr": reference,
+                              "transplanted_si_sdr": validate(new, val)["val/si_sdr"]}
+    offset = 0
+
+    def logged(metrics: dict[str, float], step: int) -> None:
+        if on_metrics:
+            on_metrics({f"upscale_{rate}/{k}": v for k, v in metrics.items()}, offset + step)
+
+    first = train(new, batches, val, train_config, Run(folder / f"{rate}-new-layers"),
+                  stage="new-layers", steps=upscale_config.new_layers_steps,
+                  lr=upscale_config.new_layers_lr,
+                  goal_si_sdr=reference - upscale_config.margin_db, on_metrics=logged)
+    report.update({"new_layers_si_sdr": first["best_si_sdr"], "new_layers_steps": first["step"],
+                   "new_layers_stopped": first["stopped"]})
+    offset = first["step"]
+    second = train(new, batches, val, train_config, Run(folder / f"{rate}-all"), stage="all",
+                   steps=upscale_config.all_steps, lr=train_config.lr,
+                   inherited_lr_scale=upscale_config.inherited_lr_scale,
+                   goal_si_sdr=reference, on_metrics=logged)
+    report.update({"all_si_sdr": second["best_si_sdr"], "all_steps": second["step"],
+                   "all_stopped": second["stopped"]})
+    if second["best_si_sdr"] < first["best_si_sdr"]:  # keep whichever stage validated better
+        new.load_state_dict(load_checkpoint(folder / f"{rate}-new-layers" / "best.pt"
+                                            ).model.state_dict())
+    report["final_si_sdr"] = max(first["best_si_sdr"], second["best_si_sdr"])
+    return new, report
+
+
+def climb_ladder(model: Separator, ladder: list[int], data: DataForRate,
+                 upscale_config: UpscaleConfig, train_config: TrainConfig, folder: Path,
+                 on_metrics: OnMetrics | None = None) -> tuple[Separator, list[dict[str, Any]]]:
+    """Upscale through each rate of ``ladder`` above the model's own, in order."""
+    reports = []
+    for rate in ladder:
+        if rate <= model.sample_rate:
+            continue
+        model, report = upscale(model, rate, data, upscale_config, train_config, folder,
+                                on_metrics)
+        reports.append(report)
+    return model, reports
