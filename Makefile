@@ -10,7 +10,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 # Debian packages used by the data engine (speech voices, music rendering, sox).
-DEBS :=
+DEBS := espeak-ng festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k flite \
+        fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small \
+        fillets-ng-data
 
 # pip's notes about this machine's optional local package mirrors are noise.
 QUIET := { grep -v -e 'is ignored: it is neither a file nor a directory' -e '^ *$$' || true; }

@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(cmd)
     cmd.set_defaults(handler=cmd_config_show)
 
+    from flows.data_commands import add_data_commands
+
+    add_data_commands(sub, add_config_args)
+
     from flows.separate_cli import add_separate_command
 
     add_separate_command(sub, add_config_args)

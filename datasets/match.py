@@ -1,0 +1,316 @@
+"""Fit a mix-bus schema's degradations to one recording (patent 2.4a, 4.5).
+
+From the recording's long-term spectrum against a reference (library material,
+or a power law fitted to the recording's own 200–1500 Hz band when no library
+is given), in fine log-frequency bands: band-limits (the -3 dB points of the
+divergence) and an octave-band EQ. From short-frame levels: the noise floor.
+From a high-resolution spectrum: mains hum and its frequency. From free decays
+after sound offsets: the reverberation time. From crude stems, if given: level
+ratios. ``match_recording`` writes a copy of a schema with these as its ranges.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from scipy.ndimage import median_filter
+from scipy.signal import welch
+
+from adapt.errors import ConfigError
+from datasets.audio import loudness, read_audio
+from datasets.mixbus_yaml import schema_from_dict
+
+EQ_BANDS = (125.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
+
+
+@dataclass(frozen=True)
+class Match:
+    rate: int
+    lufs: float
+    lowcut_hz: float | None
+    highcut_hz: float | None
+    eq_bands_hz: list[float]
+    eq_gains_db: list[float]
+    noise_floor_dbfs: float
+    noise_lufs: float
+    hum_hz: float | None
+    hum_dbfs: float | None
+    rt60_s: float | None
+    stem_lufs: dict[str, float] = field(default_factory=dict)
+
+
+def spectrum_db(audio: np.ndarray, rate: int, nperseg: int) -> tuple[np.ndarray, np.ndarray]:
+    """Welch long-term power spectrum (dB) of mono ``(time,)`` audio."""
+    freqs, psd = welch(audio, rate, nperseg=min(nperseg, len(audio)))
+    return freqs, 10 * np.log10(psd + 1e-20)
+
+
+def _smooth_log(freqs: np.ndarray, db: np.ndarray, octave: float = 1 / 6
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a spectrum to 1/48-octave steps and median-smooth over ``octave``."""
+    grid = 2.0 ** np.arange(np.log2(30.0), np.log2(freqs[-1]), 1 / 48)
+    values = np.interp(grid, freqs, db)
+    return grid, median_filter(values, size=max(1, int(octave * 48)), mode="nearest")
+
+
+def divergence(freqs: np.ndarray, rec_db: np.ndarray, ref_db: np.ndarray | None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Smoothed recording-minus-reference spectrum on a log grid, 0 dB = passband median."""
+    grid, rec = _smooth_log(freqs, rec_db)
+    if ref_db is None:  # a power law through the recording's own 200–1500 Hz band
+        band = (grid > 200) & (grid < 1500)
+        slope, offset = np.polyfit(np.log2(grid[band]), rec[band], 1)
+        ref = slope * np.log2(grid) + offset
+    else:
+        ref = _smooth_log(freqs, ref_db)[1]
+    div = rec - ref
+    return grid, div - np.median(div[(grid > 300) & (grid < 2000)])
+
+
+def band_limits(grid: np.ndarray, div: np.ndarray) -> tuple[float | None, float | None]:
+    """-3 dB points of the divergence, scanning out from 700 Hz; a dip counts as an edge
+    only if the drop goes on (≤ -10 dB an octave further out, or at the spectrum's end)."""
+    def edge(indices: np.ndarray, step: int) -> float | None:
+        for i in indices:
+            if div[i] >= -3:
+                continue
+            far = int(np.clip(i + step * 48, 0, len(div) - 1))  # one octave on the grid
+            if div[far] < -10 and abs(far - i) >= 12:
+                j = i - step  # interpolate the crossing between grid points j and i
+                w = (div[j] + 3) / (div[j] - div[i])
+                lo, hi = np.log2(grid[j]), np.log2(grid[i])
+                return float(2 ** (lo + w * (hi - lo)))
+        return None
+    mid = int(np.searchsorted(grid, 700.0))
+    low, high = edge(np.arange(mid, 0, -1), -1), edge(np.arange(mid, len(grid)), 1)
+    return (_fit_edge(grid, div, low, "highpass") if low else None,
+            _fit_edge(grid, div, high, "lowpass") if high else None)
+
+
+def _fit_edge(grid: np.ndarray, div: np.ndarray, guess: float, kind: str) -> float:
+    """Refine an edge by least squares: a Butterworth response (cutoff, order 1–10, level)
+    fitted to the divergence from 700 Hz out to where it meets the floor (-35 dB)."""
+    side = grid > 700 if kind == "lowpass" else grid < 700
+    usable = side & (div > -35)
+    f, d = grid[usable], div[usable]
+    best, best_err = guess, np.inf
+    for cutoff in guess * 2.0 ** np.arange(-0.7, 0.7, 1 / 96):
+        ratio = f / cutoff if kind == "lowpass" else cutoff / f
+        for order in range(1, 11):
+            model = -10 * np.log10(1 + ratio ** (2 * order))
+            resid = d - model
+            err = float(((resid - resid.mean()) ** 2).mean())
+            if err < best_err:
+                best, best_err = float(cutoff), err
+    return best
+
+
+def eq_gains(grid: np.ndarray, div: np.ndarray, low: float | None, high: float | None
+             ) -> tuple[list[float], list[float]]:
+    """Octave-band gains of the divergence inside the passband, clipped to ±12 dB."""
+    bands = [f for f in EQ_BANDS if f < grid[-1] and (low is None or f > 1.5 * low)
+             and (high is None or f < high / 1.5)]
+    gains = [float(np.clip(np.median(div[(grid > f / 1.41) & (grid < f * 1.41)]), -12, 12))
+             for f in bands]
+    return bands, gains
+
+
+def noise_floor(audio: np.ndarray, rate: int) -> tuple[float, float]:
+    """10th percentile of 50 ms frame levels (dBFS), and the LUFS of the quietest frames."""
+    hop = int(0.05 * rate)
+    frames = audio[: len(audio) // hop * hop].reshape(-1, hop)
+    rms_db = 10 * np.log10((frames ** 2).mean(axis=1) + 1e-20)
+    floor = float(np.percentile(rms_db, 10))
+    quiet = frames[rms_db <= np.percentile(rms_db, 15)].reshape(-1)
+    lufs = loudness(torch.from_numpy(quiet.astype(np.float32))[None], rate)
+    return floor, lufs
+
+
+def find_hum(audio: np.ndarray, rate: int) -> tuple[float | None, float | None]:
+    """Mains frequency (45–65 Hz) from harmonic peak prominence, and the hum's level."""
+    freqs, psd = welch(audio, rate, nperseg=min(len(audio), 8 * rate))  # 0.125 Hz bins
+    db = 10 * np.log10(psd + 1e-20)
+    background = median_filter(db, size=int(8 / (freqs[1] - freqs[0])), mode="nearest")
+    prominence = db - background
+    candidates = np.arange(45.0, 65.0, 0.025)
+    harmonics = np.arange(1, 6)
+    # the two most prominent of five harmonics: rectifier hum is often strongest at 2·f0
+    scores = [np.sort(np.interp(f0 * harmonics, freqs, prominence))[-2:].mean()
+              for f0 in candidates]
+    best = int(np.argmax(scores))
+    if scores[best] < 8.0:
+        return None, None
+    f0 = float(candidates[best])
+    power = sum(psd[np.abs(freqs - k * f0) < 0.5].sum() * (freqs[1] - freqs[0])
+                for k in range(1, 16) if k * f0 < rate / 2)
+    return f0, float(10 * np.log10(power + 1e-20))
+
+
+def estimate_rt60(audio: np.ndarray, rate: int) -> float | None:
+    """Reverberation time from free decays: after each level peak, a line fitted to the
+    envelope from 5 to 25 dB below it; the 25th percentile of decay times (the fastest
+    decays are the room's own, slower ones the source's)."""
+    hop, win = int(0.01 * rate), int(0.02 * rate)
+    frames = np.lib.stride_tricks.sliding_window_view(audio, win)[::hop]
+    env = 10 * np.log10((frames ** 2).mean(axis=1) + 1e-20)
+    floor = np.percentile(env, 5)
+    times = []
+    i = 1
+    while i < len(env) - 5:
+        if env[i] >= env[i - 1] and env[i] >= env[i + 1] and env[i] > floor + 25:
+            peak = env[i]
+            end = i + 1
+            while end < min(len(env), i + 400) and env[end] > max(peak - 25, floor + 5):
+                end += 1
+            seg = np.arange(i, end)
+            fit = seg[(env[seg] <= peak - 5)]
+            if len(fit) >= 5 and env[end - 1] <= peak - 15:
+                slope, icpt = np.polyfit(fit * hop / rate, env[fit], 1)
+                resid = env[fit] - (slope * fit * hop / rate + icpt)
+                if slope < 0 and resid.std() < 3.0:
+                    times.append(-60.0 / slope)
+            i = max(end, i + 1)
+        else:
+            i += 1
+    return float(np.percentile(times, 25)) if len(times) >= 3 else None
+
+
+def reference_spectrum(library: Path | None, rate: int, nperseg: int) -> np.ndarray | None:
+    """Mean long-term spectrum of up to 24 speech and music files of a library."""
+    if library is None:
+        return None
+    from datasets.library import Library
+    from datasets.loader import resample
+
+    lib = Library(library)
+    rows = lib.manifest[lib.manifest["class"].isin(["speech", "music"])]
+    rows = rows.sample(min(24, len(rows)), random_state=0)
+    spectra = []
+    for _, row in rows.iterrows():
+        audio, file_rate = read_audio(lib.path(row))
+        mono = resample(audio.mean(0), file_rate, rate).numpy()[: 30 * rate]
+        spectra.append(10 ** (spectrum_db(mono, rate, nperseg)[1] / 10))
+    return 10 * np.log10(np.mean(spectra, axis=0) + 1e-20) if spectra else None
+
+
+def analyse(recording: str | Path, library: Path | None = None,
+            stems: dict[str, str] | None = None, max_seconds: float = 600.0) -> Match:
+    """Measure a recording (its first ``max_seconds``) for matching."""
+    from datasets.audio import probe, read_range
+
+    info = probe(recording)
+    audio = read_range(info, 0, min(info.frames, int(max_seconds * info.sample_rate)))
+    rate = info.sample_rate
+    mono = audio.mean(0).double().numpy()
+    nperseg = 1 << int(round(math.log2(rate / 8)))  # ~8 Hz bins
+    freqs, rec_db = spectrum_db(mono, rate, nperseg)
+    grid, div = divergence(freqs, rec_db, reference_spectrum(library, rate, nperseg))
+    low, high = band_limits(grid, div)
+    bands, gains = eq_gains(grid, div, low, high)
+    floor_db, noise_lufs = noise_floor(mono, rate)
+    hum_hz, hum_db = find_hum(mono, rate)
+    stem_lufs = {name: loudness(read_audio(path)[0], read_audio(path)[1])
+                 for name, path in (stems or {}).items()}
+    return Match(rate, loudness(audio, rate), low, high, bands, gains, floor_db, noise_lufs,
+                 hum_hz, hum_db, estimate_rt60(mono, rate), stem_lufs)
+
+
+def _nodes(buses: list[dict[str, Any]], prefix: str = ""):
+    for node in buses:
+        path = f"{prefix}{node.get('name')}"
+        yield path, node
+        yield from _nodes(node.get("children") or [], f"{path}/")
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def apply_match(schema: dict[str, Any], m: Match) -> dict[str, Any]:
+    """A copy of a schema mapping with ranges fitted to ``m``.
+
+    The post chain's filters and EQ are replaced by the measured band-limits and
+    EQ; every room's rt60 is narrowed around the measured one; nodes named
+    ``hiss`` and ``hum`` under the ``noise`` bus get the measured levels and mains
+    frequency (``hum`` is switched off when none is found); targets whose stems
+    were measured get their node's LUFS range around the stem's loudness.
+    """
+    out = copy.deepcopy(schema)
+    post = [e for e in out.get("post") or []
+            if e.get("type") not in ("highpass", "lowpass", "bandpass", "eq")]
+    fitted: list[dict[str, Any]] = []
+    if m.lowcut_hz:
+        fitted.append({"type": "highpass", "cutoff_hz": _around(m.lowcut_hz, 0.05),
+                       "order": [3, 6]})
+    if m.highcut_hz:
+        fitted.append({"type": "lowpass", "cutoff_hz": _around(m.highcut_hz, 0.05),
+                       "order": [4, 8]})
+    if m.eq_bands_hz:
+        fitted.append({"type": "eq", "bands_hz": m.eq_bands_hz,
+                       "gains_db": [[round(g - 1.5, 2), round(g + 1.5, 2)]
+                                    for g in m.eq_gains_db]})
+    out["post"] = fitted + post
+    nodes = dict(_nodes(out.get("buses") or []))
+    for node in nodes.values():
+        for effect in node.get("effects") or []:
+            if effect.get("type") == "room" and _finite(m.rt60_s):
+                effect["rt60"] = _around(m.rt60_s, 0.15)
+    if "noise/hiss" in nodes and _finite(m.noise_lufs):
+        level = m.noise_lufs
+        nodes["noise/hiss"]["lufs"] = [round(level - 3, 1), round(min(level + 3, 0), 1)]
+    if "noise/hum" in nodes:
+        hum = nodes["noise/hum"]
+        hum["probability"] = 1.0 if m.hum_hz else 0.0
+        if m.hum_hz and _finite(m.hum_dbfs):
+            hum.setdefault("feed", {}).setdefault("params", {})["f0_hz"] = _around(m.hum_hz, 0.004)
+            hum["lufs"] = [round(m.hum_dbfs - 4, 1), round(min(m.hum_dbfs + 2, 0), 1)]
+    targets = out.get("targets") or {}
+    for name, level in m.stem_lufs.items():
+        bus = (targets.get(name) or {}).get("bus")
+        if bus in nodes and _finite(level):
+            nodes[bus]["lufs"] = [round(level - 2, 1), round(min(level + 2, 0), 1)]
+    return out
+
+
+def _around(value: float, fraction: float) -> list[float]:
+    return [round(value * (1 - fraction), 3), round(value * (1 + fraction), 3)]
+
+
+def _absolute_files(schema: dict[str, Any], base: Path) -> None:
+    """Make ``files`` feeds absolute, so the matched schema works from anywhere."""
+    for _, node in _nodes(schema.get("buses") or []):
+        feed = node.get("feed") or {}
+        if isinstance(feed.get("files"), list):
+            feed["files"] = [str((base / f).resolve()) if not Path(f).is_absolute() else f
+                             for f in feed["files"]]
+
+
+def match_recording(recording: str | Path, schema_path: str | Path, out: str | Path,
+                    library: Path | None = None, stems: dict[str, str] | None = None,
+                    max_seconds: float = 600.0) -> dict[str, Any]:
+    """Analyse ``recording``, write the matched schema to ``out``; returns the measurements."""
+    schema_path = Path(schema_path)
+    try:
+        base = yaml.safe_load(schema_path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{schema_path}: cannot read mix-bus schema ({exc})") from None
+    schema_from_dict(base, str(schema_path), schema_path.parent)  # fail early on a bad base
+    m = analyse(recording, library, stems, max_seconds)
+    matched = apply_match(base, m)
+    _absolute_files(matched, schema_path.parent)
+    schema_from_dict(matched, str(out), Path(out).parent)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = f"# matched to {recording} from {schema_path} by `stemloop dataset match`\n"
+    tmp = out.with_name(f".{out.name}.part")
+    tmp.write_text(header + yaml.safe_dump(matched, sort_keys=False))
+    os.replace(tmp, out)
+    return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in asdict(m).items()}

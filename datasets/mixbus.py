@@ -1,0 +1,273 @@
+"""The hierarchical mix bus (patent 2.4, 3.2): a tree of frozen dataclasses and one renderer.
+
+A ``Schema`` has top-level buses (typically Sources and Noise), each a ``Node``
+that is either fed (library query, a list of files, or synthesised noise) or
+sums its children. Every node may be absent (``probability``), stack
+``layers``, run an effects chain with randomisation ranges and be set to a
+level (LUFS, or a gain in dB). After the buses are summed, the ``post`` chain
+degrades the whole mix. Targets name nodes: ``clean: false`` is the node as it
+sounds in the mixture; ``clean: true`` is the node without its degrading
+effects and without the post chain (dereverberation, unfiltering; patent 2.4b).
+
+``render`` draws every parameter from the caller's ``torch.Generator``, in tree
+order, then applies it: same generator state, same bytes. Linear effects keep
+the wet targets summing exactly to the mixture when the targets cover the top
+buses; the non-linear ``soft_clip``/``hard_clip`` break that when used in
+``post`` (the mixture is clipped, the targets are not) — the example's params
+then say ``"linear": false``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from datasets import augment
+from datasets.audio import loudness
+
+Range = tuple[float, float]
+Value = tuple[Range, ...]  # one range, or several to choose from (or a list, see LIST_PARAMS)
+
+
+@dataclass(frozen=True)
+class Effect:
+    kind: str
+    params: tuple[tuple[str, Value], ...] = ()
+    probability: float = 1.0
+    dry: bool | None = None  # also apply to the clean version; None = the kind's default
+
+
+@dataclass(frozen=True)
+class Feed:
+    query: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    files: tuple[str, ...] = ()
+    synth: str | None = None
+    params: tuple[tuple[str, Value], ...] = ()
+    group: str | None = None  # "piece": all stems of one music piece, one layer each
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    children: tuple[Node, ...] = ()
+    feed: Feed | None = None
+    layers: tuple[int, int] = (1, 1)
+    lufs: Range | None = None
+    gain_db: Range | None = None
+    probability: float = 1.0
+    effects: tuple[Effect, ...] = ()
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    bus: str  # path of node names from the top, e.g. "sources/voices"
+    clean: bool = False
+
+
+@dataclass(frozen=True)
+class Schema:
+    buses: tuple[Node, ...]
+    targets: tuple[Target, ...]
+    post: tuple[Effect, ...] = ()
+    channels: int = 1
+
+
+@dataclass
+class Example:
+    mixture: torch.Tensor  # (channels, time)
+    targets: torch.Tensor  # (sources, channels, time)
+    names: tuple[str, ...]
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class Provider(Protocol):
+    """Where fed nodes get audio and room effects get impulse responses."""
+
+    def layers(self, feed: Feed, count: int, drawn: dict[str, Any], gen: torch.Generator,
+               rate: int, length: int) -> tuple[list[torch.Tensor], list[str]]: ...
+
+    def impulse(self, rt60: float, gen: torch.Generator, rate: int
+                ) -> tuple[torch.Tensor, str]: ...
+
+
+LIST_PARAMS = {"bands_hz", "gains_db"}
+# kind: (parameter defaults, linear, applied to the clean version by default)
+EFFECTS: dict[str, tuple[dict[str, float], bool, bool]] = {
+    "gain": ({"db": 0.0}, True, True),
+    "lowpass": ({"cutoff_hz": 8000.0, "order": 4.0}, True, False),
+    "highpass": ({"cutoff_hz": 100.0, "order": 4.0}, True, False),
+    "bandpass": ({"low_hz": 300.0, "high_hz": 3400.0, "order": 4.0}, True, False),
+    "peaking": ({"freq_hz": 1000.0, "gain_db": 0.0, "width_oct": 1.0}, True, False),
+    "eq": ({"bands_hz": 0.0, "gains_db": 0.0}, True, False),
+    "room": ({"rt60": 0.5, "wet": 1.0}, True, False),
+    "soft_clip": ({"drive_db": 3.0}, False, False),
+    "hard_clip": ({"drive_db": 3.0}, False, False),
+    "gaps": ({"count": 1.0, "length_s": 0.1}, True, False),
+    "dropout": ({"count": 1.0, "length_s": 0.1, "depth_db": -12.0}, True, False),
+}
+
+
+def draw_value(value: Value, name: str, gen: torch.Generator) -> float | list[float]:
+    """Uniform in a range (log-uniform for frequencies); one range of several at random."""
+    if name in LIST_PARAMS:
+        return [_uniform(r, name, gen) for r in value]
+    pick = int(torch.randint(len(value), (1,), generator=gen)) if len(value) > 1 else 0
+    return _uniform(value[pick], name, gen)
+
+
+def _uniform(bounds: Range, name: str, gen: torch.Generator) -> float:
+    lo, hi = bounds
+    u = float(torch.rand(1, generator=gen, dtype=torch.float64))
+    if name.endswith("_hz") and lo > 0 and hi > lo:
+        return float(math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))))
+    return lo + u * (hi - lo)
+
+
+def draw_effect(effect: Effect, gen: torch.Generator, length_s: float) -> dict[str, Any]:
+    """All of an effect's parameters (with spans for gaps and dropouts); 'on' says if it runs."""
+    on = float(torch.rand(1, generator=gen)) < effect.probability
+    defaults, _, _ = EFFECTS[effect.kind]
+    given = dict(effect.params)
+    drawn: dict[str, Any] = {"type": effect.kind, "on": on}
+    for name, default in defaults.items():
+        drawn[name] = draw_value(given[name], name, gen) if name in given else default
+    if effect.kind in ("gaps", "dropout"):
+        count = int(round(drawn["count"]))
+        drawn["starts_s"] = (torch.rand(count, generator=gen) * length_s).tolist()
+        drawn["spans_s"] = [draw_value(given.get("length_s", ((0.1, 0.1),)), "length_s", gen)
+                            for _ in range(count)]
+    return drawn
+
+
+def apply_effect(x: torch.Tensor, p: dict[str, Any], rate: int, ir: torch.Tensor | None
+                 ) -> torch.Tensor:
+    """Apply drawn parameters ``p`` to ``(..., time)`` audio."""
+    kind = p["type"]
+    if kind == "gain":
+        return augment.gain(x, p["db"])
+    if kind in ("lowpass", "highpass"):
+        fn = augment.lowpass if kind == "lowpass" else augment.highpass
+        return fn(x, rate, min(p["cutoff_hz"], 0.49 * rate), p["order"])
+    if kind == "bandpass":
+        return augment.bandpass(x, rate, p["low_hz"], min(p["high_hz"], 0.49 * rate), p["order"])
+    if kind == "peaking":
+        return augment.peaking(x, rate, p["freq_hz"], p["gain_db"], p["width_oct"])
+    if kind == "eq":
+        return augment.band_eq(x, rate, p["bands_hz"], p["gains_db"])
+    if kind == "room":
+        return augment.convolve(x, ir, p["wet"]) if ir is not None else x
+    if kind in ("soft_clip", "hard_clip"):
+        fn = augment.soft_clip if kind == "soft_clip" else augment.hard_clip
+        return fn(x, p["drive_db"])
+    depth = -120.0 if kind == "gaps" else p["depth_db"]
+    return x * augment.envelope_gaps(x.shape[-1], rate, p["starts_s"], p["spans_s"], depth)
+
+
+@dataclass
+class _Context:
+    provider: Provider
+    gen: torch.Generator
+    rate: int
+    length: int
+    channels: int
+    outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _chain(effects: tuple[Effect, ...], wet: torch.Tensor, dry: torch.Tensor | None,
+           ctx: _Context) -> tuple[torch.Tensor, torch.Tensor | None, list[dict[str, Any]]]:
+    """Draw then apply a chain to ``wet`` (and to ``dry`` where the effect says so)."""
+    record = []
+    for effect in effects:
+        p = draw_effect(effect, ctx.gen, ctx.length / ctx.rate)
+        ir = None
+        if p["on"] and effect.kind == "room":
+            ir, p["ir"] = ctx.provider.impulse(p["rt60"], ctx.gen, ctx.rate)
+        record.append(p)
+        if not p["on"]:
+            continue
+        wet = apply_effect(wet, p, ctx.rate, ir)
+        if dry is not None and (EFFECTS[effect.kind][2] if effect.dry is None else effect.dry):
+            dry = apply_effect(dry, p, ctx.rate, ir)
+    return wet, dry, record
+
+
+def _render_node(node: Node, path: str, ctx: _Context, active: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A node's (wet, clean) audio ``(channels, time)``; records outputs and drawn params.
+
+    A node whose parent is absent is absent too: silent, recorded, nothing applied.
+    """
+    silent = torch.zeros(ctx.channels, ctx.length)
+    present = float(torch.rand(1, generator=ctx.gen)) < node.probability and active
+    record: dict[str, Any] = {"present": present}
+    if present and node.feed is not None:
+        count = int(torch.randint(node.layers[0], node.layers[1] + 1, (1,), generator=ctx.gen))
+        drawn = {name: draw_value(v, name, ctx.gen) for name, v in node.feed.params}
+        layers, record["sources"] = ctx.provider.layers(node.feed, count, drawn, ctx.gen,
+                                                        ctx.rate, ctx.length)
+        record["feed"] = drawn
+        wet = sum(layers, silent.clone()).expand(ctx.channels, -1).clone()
+    else:
+        wet = silent.clone()
+    dry = wet.clone()
+    for child in node.children:
+        child_wet, child_dry = _render_node(child, f"{path}/{child.name}", ctx, present)
+        wet, dry = wet + child_wet, dry + child_dry
+    if present:
+        wet, dry, record["effects"] = _chain(node.effects, wet, dry, ctx)
+        wet, dry, record["level"] = _level(node, wet, dry, ctx)
+    else:
+        wet, dry = silent.clone(), silent.clone()
+    ctx.outputs[path] = (wet, dry)
+    ctx.params[path] = record
+    return wet, dry
+
+
+def _level(node: Node, wet: torch.Tensor, dry: torch.Tensor, ctx: _Context
+           ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Scale wet and clean by one gain: to a drawn LUFS, or by a drawn dB."""
+    record: dict[str, float] = {}
+    gain_db = 0.0
+    if node.lufs is not None:
+        record["lufs"] = _uniform(node.lufs, "lufs", ctx.gen)
+        measured = loudness(wet, ctx.rate)
+        gain_db = record["lufs"] - measured if math.isfinite(measured) else 0.0
+    if node.gain_db is not None:
+        record["gain_db"] = _uniform(node.gain_db, "gain_db", ctx.gen)
+        gain_db += record["gain_db"]
+    scale = 10.0 ** (gain_db / 20.0)
+    return wet * scale, dry * scale, record
+
+
+def render(schema: Schema, provider: Provider, gen: torch.Generator, rate: int,
+           length: int) -> Example:
+    """Render one example: mixture ``(channels, time)``, targets ``(sources, channels, time)``."""
+    ctx = _Context(provider, gen, rate, length, schema.channels)
+    mix = torch.zeros(schema.channels, length)
+    for bus in schema.buses:
+        mix = mix + _render_node(bus, bus.name, ctx)[0]
+    wets = {t.bus: ctx.outputs[t.bus][0] for t in schema.targets if not t.clean}
+    linear = True
+    post = []
+    for effect in schema.post:
+        p = draw_effect(effect, gen, length / rate)
+        ir = None
+        if p["on"] and effect.kind == "room":
+            ir, p["ir"] = provider.impulse(p["rt60"], gen, rate)
+        post.append(p)
+        if not p["on"]:
+            continue
+        mix = apply_effect(mix, p, rate, ir)
+        if EFFECTS[effect.kind][1]:
+            wets = {bus: apply_effect(w, p, rate, ir) for bus, w in wets.items()}
+        else:
+            linear = False
+    targets = torch.stack([ctx.outputs[t.bus][1] if t.clean else wets[t.bus]
+                           for t in schema.targets])
+    params = {"nodes": ctx.params, "post": post, "linear": linear}
+    return Example(mix, targets, tuple(t.name for t in schema.targets), params)

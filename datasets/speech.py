@@ -1,0 +1,126 @@
+"""Speech sources for the library: Debian TTS voices and recorded voice acting.
+
+Each job renders one clip with one voice (festival, flite or espeak-ng, with
+varied rate and pitch) reading seeded text, trims silence, normalises loudness
+and writes a mono FLAC. ``fillets-ng-data`` (GPL-2) ships ~6 minutes of real
+recorded English voice acting; when it is installed those clips join too.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from datasets.audio import loudness, write_audio
+from datasets.sentences import sentences
+
+FESTIVAL_VOICES = {"cmu_us_slt_arctic_hts": "female", "kal_diphone": "male",
+                   "ked_diphone": "male"}
+FLITE_VOICES = {"slt": "female", "kal": "male", "kal16": "male", "awb": "male", "rms": "male"}
+ESPEAK_LANGS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc",
+                "en-gb-x-gbclan", "en-gb-x-gbcwmd"]
+ESPEAK_VARIANTS = {**{f"m{i}": "male" for i in range(1, 8)},
+                   **{f"f{i}": "female" for i in range(1, 6)},
+                   "croak": "male", "klatt": "male", "klatt2": "male", "klatt3": "male",
+                   "whisperf": "female", "grandma": "female", "grandpa": "male"}
+ENGINE_WEIGHTS = {"festival": 0.35, "flite": 0.3, "espeak-ng": 0.35}
+FILLETS_DIR = Path("/usr/share/games/fillets-ng/sound")
+
+
+def _run(cmd: list[str], timeout: float) -> None:
+    subprocess.run(cmd, check=True, timeout=timeout, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+
+
+def _festival(text: str, wav: Path, rng: random.Random, timeout: float) -> dict[str, Any]:
+    voice = rng.choice(sorted(FESTIVAL_VOICES))
+    stretch = round(rng.uniform(0.85, 1.3), 2)
+    txt = wav.with_suffix(".txt")
+    txt.write_text(text)
+    _run(["text2wave", "-eval", f"(voice_{voice})", "-eval",
+          f"(Parameter.set 'Duration_Stretch {stretch})", "-o", str(wav), str(txt)], timeout)
+    return {"voice": voice, "gender": FESTIVAL_VOICES[voice], "speed": 1 / stretch}
+
+
+def _flite(text: str, wav: Path, rng: random.Random, timeout: float) -> dict[str, Any]:
+    voice = rng.choice(sorted(FLITE_VOICES))
+    stretch = round(rng.uniform(0.85, 1.3), 2)
+    base = 170 if FLITE_VOICES[voice] == "female" else 105
+    pitch = round(base * rng.uniform(0.8, 1.25))
+    _run(["flite", "-voice", voice, "--setf", f"duration_stretch={stretch}", "--setf",
+          f"int_f0_target_mean={pitch}", "-t", text, "-o", str(wav)], timeout)
+    return {"voice": voice, "gender": FLITE_VOICES[voice], "speed": 1 / stretch, "pitch": pitch}
+
+
+def _espeak(text: str, wav: Path, rng: random.Random, timeout: float) -> dict[str, Any]:
+    lang = rng.choice(ESPEAK_LANGS)
+    variant = rng.choice(sorted(ESPEAK_VARIANTS))
+    words_per_min = rng.randint(120, 200)
+    pitch = rng.randint(20, 80)
+    _run(["espeak-ng", "-v", f"{lang}+{variant}", "-s", str(words_per_min), "-p", str(pitch),
+          "-g", str(rng.randint(0, 6)), "-w", str(wav), text], timeout)
+    return {"voice": f"{lang}+{variant}", "gender": ESPEAK_VARIANTS[variant],
+            "speed": words_per_min / 160, "pitch": pitch}
+
+
+ENGINES = {"festival": _festival, "flite": _flite, "espeak-ng": _espeak}
+
+
+def trim_and_level(audio: np.ndarray, rate: int, lufs: float) -> torch.Tensor | None:
+    """Mono float32 ``(1, time)``: silence trimmed (0.2 s kept), at ``lufs``, peak ≤ 0.98."""
+    mono = audio.mean(axis=1) if audio.ndim == 2 else audio
+    loud = np.flatnonzero(np.abs(mono) > np.abs(mono).max() * 10 ** (-50 / 20))
+    if not len(loud):
+        return None
+    pad = int(0.2 * rate)
+    clip = torch.from_numpy(mono[max(0, loud[0] - pad): loud[-1] + pad].astype(np.float32))[None]
+    level = loudness(clip, rate)
+    if not np.isfinite(level):
+        return None
+    clip = clip * 10 ** ((lufs - level) / 20)
+    peak = float(clip.abs().max())
+    return clip * (0.98 / peak) if peak > 0.98 else clip
+
+
+def render_speech(job_id: str, seed: int, out: Path, clip_s: float, lufs: float,
+                  timeout: float) -> list[dict[str, Any]]:
+    """One TTS clip of about ``clip_s`` seconds; returns its manifest row."""
+    rng = random.Random(seed)
+    engine = rng.choices(list(ENGINE_WEIGHTS), weights=list(ENGINE_WEIGHTS.values()))[0]
+    text = sentences(seed, words=max(4, int(clip_s * 2.6)))
+    with tempfile.TemporaryDirectory(prefix="stemloop-tts-") as tmp:
+        wav = Path(tmp) / "speech.wav"
+        meta = ENGINES[engine](text, wav, rng, timeout)
+        data, rate = sf.read(str(wav), dtype="float32")
+    clip = trim_and_level(data, rate, lufs)
+    if clip is None:
+        return []
+    path = Path("speech") / f"{job_id}.flac"
+    write_audio(out / path, clip, rate, "PCM_16")
+    return [{"id": job_id, "path": str(path), "class": "speech", "subclass": "synthetic",
+             "tool": engine, "text": text, "rate": rate, "duration": clip.shape[-1] / rate,
+             "loudness": loudness(clip, rate), "seed": seed, **meta}]
+
+
+def fillets_clips() -> list[Path]:
+    """Recorded English voice acting from Debian's fillets-ng-data, if installed."""
+    return sorted(FILLETS_DIR.glob("*/en/*.ogg")) if FILLETS_DIR.is_dir() else []
+
+
+def import_recorded(job_id: str, source: Path, out: Path, lufs: float) -> list[dict[str, Any]]:
+    data, rate = sf.read(str(source), dtype="float32")
+    clip = trim_and_level(data, rate, lufs)
+    if clip is None or clip.shape[-1] < rate:
+        return []
+    path = Path("speech") / f"{job_id}.flac"
+    write_audio(out / path, clip, rate, "PCM_16")
+    return [{"id": job_id, "path": str(path), "class": "speech", "subclass": "human",
+             "tool": "fillets-ng", "voice": source.stem.split("-")[0], "source": str(source),
+             "rate": rate, "duration": clip.shape[-1] / rate, "loudness": loudness(clip, rate)}]
