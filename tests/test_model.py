@@ -115,6 +115,7 @@ class Boom:
         return (os.system, ("touch /tmp/stemloop-pwned",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickle_with_code_is_refused(tmp_path: Path):
     path = tmp_path / "evil.pt"
     buffer = io.BytesIO()

@@ -85,6 +85,7 @@ def test_cli_separates_and_prints_stems(prefect_harness, tiny_checkpoint, stereo
     assert np.abs(total - data).max() < 1e-6
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_cli_mistakes_are_one_line_exit_2_and_write_nothing(tiny_checkpoint, stereo_mix,
                                                            tmp_path: Path, capsys):
     source, _ = stereo_mix

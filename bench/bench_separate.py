@@ -1,0 +1,146 @@
+"""Benchmarks of `stemloop separate` with the DEFAULT model (random weights: speed only).
+
+    flock /tmp/stemloop-bench.lock .venv/bin/python bench/bench_separate.py speed
+    flock /tmp/stemloop-bench.lock .venv/bin/python bench/bench_separate.py memory
+
+``speed``: real-time factor (wall seconds ÷ audio seconds) of the engine path
+(``adapt.separate.run_separation``: read blocks, model, overlap-add, write
+stems) on a mono file at 16 and 48 kHz, median of ``--runs``.
+``memory``: peak RSS of a whole ``stemloop separate`` process (Prefect, CLI
+and all) on 48 kHz mono files of 10, 30 and 60 minutes, generated on the fly
+into /tmp and deleted after. Peak RSS is the child's ``ru_maxrss`` (wait4)
+and, sampled every 0.1 s, the summed RSS of its process tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import soundfile as sf
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from adapt.checkpoint import save_checkpoint  # noqa: E402
+from adapt.config import load_config  # noqa: E402
+from adapt.model import build_model, count_parameters  # noqa: E402
+from adapt.separate import prepare, run_separation  # noqa: E402
+
+
+def make_file(path: Path, rate: int, seconds: float, block_s: float = 60.0) -> Path:
+    """Noise plus a wandering tone, written block by block (never whole in memory)."""
+    rng = np.random.default_rng(0)
+    total = int(seconds * rate)
+    with sf.SoundFile(path, "w", rate, 1, subtype="PCM_16") as handle:
+        for start in range(0, total, int(block_s * rate)):
+            n = min(int(block_s * rate), total - start)
+            t = (start + np.arange(n)) / rate
+            tone = 0.3 * np.sin(2 * np.pi * (220 + 50 * np.sin(0.1 * t)) * t)
+            handle.write((tone + 0.05 * rng.standard_normal(n)).astype(np.float32))
+    return path
+
+
+def default_checkpoint(directory: Path, rate: int) -> Path:
+    torch.manual_seed(0)
+    model = build_model(load_config().model, rate)
+    return save_checkpoint(directory / f"default-{rate}.pt", model)
+
+
+def speed(args: argparse.Namespace, work: Path) -> None:
+    config = load_config()
+    print("| rate | audio | runs | RTF median | RTF min–max | params |")
+    print("|---|---|---|---|---|---|")
+    for rate in args.rates:
+        source = make_file(work / f"speed-{rate}.wav", rate, args.seconds)
+        model = default_checkpoint(work, rate)
+        job = prepare(source, config, model)
+        rtfs = []
+        for _ in range(args.runs):
+            started = time.perf_counter()
+            run_separation(job, work / "out", config)
+            rtfs.append((time.perf_counter() - started) / args.seconds)
+        params = count_parameters(job.fn.model)
+        print(f"| {rate / 1000:g} kHz | {args.seconds:g} s mono | {args.runs} | "
+              f"{statistics.median(rtfs):.4f} | {min(rtfs):.4f}–{max(rtfs):.4f} | "
+              f"{params / 1e6:.2f} M |", flush=True)
+
+
+def measure_process(argv: list[str], log: Path) -> tuple[float, float, float]:
+    """Run ``argv``; (wall s, ru_maxrss MB of the process, sampled tree peak MB)."""
+    started = time.perf_counter()
+    with log.open("w") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+    watched, tree_peak = psutil.Process(proc.pid), 0
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        try:
+            procs = [watched, *watched.children(recursive=True)]
+            tree_peak = max(tree_peak, sum(p.memory_info().rss for p in procs))
+        except psutil.Error:
+            pass
+        time.sleep(0.1)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{argv} failed: {log.read_text()[-2000:]}")
+    return wall, usage.ru_maxrss / 1024, tree_peak / 2**20
+
+
+def memory(args: argparse.Namespace, work: Path) -> None:
+    model = default_checkpoint(work, 48000)
+    print("| length | runs | peak RSS median (maxrss) | peak RSS max (maxrss) | "
+          "tree peak max (sampled) | wall median | RTF median |")
+    print("|---|---|---|---|---|---|---|")
+    for minutes in args.minutes:
+        source = make_file(work / f"long-{minutes}.wav", 48000, minutes * 60.0)
+        peaks, trees, walls = [], [], []
+        for _ in range(args.runs):
+            out = work / "out"
+            argv = [sys.executable, "-m", "flows.cli", "separate", str(source), "--model",
+                    str(model), "--out", str(out)]
+            wall, peak, tree = measure_process(argv, work / "stderr.log")
+            peaks.append(peak)
+            trees.append(tree)
+            walls.append(wall)
+            shutil.rmtree(out)
+        source.unlink()
+        print(f"| {minutes} min 48 kHz mono | {args.runs} | {statistics.median(peaks):.0f} MB | "
+              f"{max(peaks):.0f} MB | {max(trees):.0f} MB | {statistics.median(walls):.1f} s | "
+              f"{statistics.median(walls) / (minutes * 60):.4f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    cmd = sub.add_parser("speed")
+    cmd.add_argument("--rates", type=int, nargs="+", default=[16000, 48000])
+    cmd.add_argument("--seconds", type=float, default=120.0)
+    cmd.add_argument("--runs", type=int, default=5)
+    cmd = sub.add_parser("memory")
+    cmd.add_argument("--minutes", type=int, nargs="+", default=[10, 30, 60])
+    cmd.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__} with {torch.get_num_threads()} threads")
+    with tempfile.TemporaryDirectory(prefix="stemloop-bench-") as tmp:
+        os.environ.setdefault("STEMLOOP_HOME", str(Path(tmp) / "state"))
+        (speed if args.what == "speed" else memory)(args, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
