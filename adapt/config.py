@@ -115,6 +115,9 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(ge=1)
     seed: int = Field(ge=0)
     threads: int = Field(ge=0, le=256)
+    pool_size: int = Field(ge=1, le=1_000_000)
+    pool_seconds: float = Field(gt=0.0, le=600.0)
+    workers: int = Field(ge=1, le=256)
 
 
 class UpscaleConfig(Section):

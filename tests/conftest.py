@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,9 @@ import pytest
 import soundfile as sf
 
 from tests.signals import sine  # noqa: F401  (re-exported for tests)
+
+# Before anything imports Prefect: a fresh ephemeral API otherwise logs "database is locked".
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 @pytest.fixture
@@ -28,3 +32,26 @@ def write_wav(tmp_path: Path):
 def isolated_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     """Each test gets its own STEMLOOP_HOME so nothing leaks into ./.stemloop."""
     monkeypatch.setenv("STEMLOOP_HOME", str(tmp_path_factory.mktemp("state")))
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API for every flow test of the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real labelled library, as small as it gets (a few seconds of each class)."""
+    from flows.cli import main
+
+    out = tmp_path_factory.mktemp("library")
+    code = main(["library", "build", "--out", str(out), "--hours", "0.002", "--seed", "3",
+                 "--set", "mixbus.library.composers=[bach]",
+                 "--set", "mixbus.library.piece_max_s=6",
+                 "--set", "mixbus.library.speech_clip_s=4"])
+    assert code == 0
+    return out

@@ -1,0 +1,127 @@
+"""Training batches: a pre-rendered pool of examples, remixed on the fly.
+
+Rendering a mix-bus example (rooms, filters, resampling) costs far more than a
+training step on this CPU, so a pool of examples is rendered once, in parallel,
+and each step draws a batch from it by *dynamic remixing*: the target of one
+example over the complement of another, each with a random gain and crop. A
+batch is a pure function of ``(seed, step)`` — the training loop's contract,
+which makes a killed run resume exactly.
+
+Pool layout: ``(examples, targets + 1, channels, time)`` — the model's targets in
+order, then the complement (mixture minus targets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+from datasets.loader import MixDataset
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def as_sources(mixture: torch.Tensor, stems: torch.Tensor, names: tuple[str, ...],
+               targets: list[str]) -> torch.Tensor:
+    """``(targets + 1, channels, time)``: the named target stems, then mixture minus them."""
+    missing = [t for t in targets if t not in names]
+    if missing:
+        raise ValueError(f"the schema has no target named {missing}; it has {list(names)}")
+    chosen = torch.stack([stems[names.index(t)] for t in targets])
+    return torch.cat([chosen, (mixture - chosen.sum(dim=0))[None]])
+
+
+def _render(args: tuple) -> torch.Tensor:
+    schema, library, size, rate, seconds, seed, targets, indices = args
+    torch.set_num_threads(1)
+    dataset = MixDataset(schema, library, size, rate, seconds, seed)
+    return torch.stack([as_sources(*dataset[i][:2], dataset.names, targets) for i in indices])
+
+
+def render_pool(schema: str | Path, library: str | Path | None, count: int, rate: int,
+                seconds: float, seed: int, targets: list[str], workers: int = 1) -> torch.Tensor:
+    """Render examples ``0 .. count-1`` of ``MixDataset(schema, library, seed)`` as sources."""
+    workers = max(1, min(workers, count))
+    shards = [list(range(count))[k::workers] for k in range(workers)]
+    jobs = [(str(schema), str(library) if library else None, count, rate, seconds, seed,
+             targets, shard) for shard in shards]
+    if workers == 1:
+        parts = [_render(jobs[0])]
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            parts = list(pool.map(_render, jobs))
+    order = torch.cat([torch.tensor(s) for s in shards]).argsort()
+    return torch.cat(parts)[order]
+
+
+def remix_batch(pool: torch.Tensor, step: int, batch: int, length: int, seed: int = 0,
+                remix: float = 0.5, gain_db: float = 6.0) -> Batch:
+    """Batch ``step``: ``mixture (batch, channels, length)``, ``sources (batch, S, channels,
+    length)``. With probability ``remix`` an item's complement comes from another example;
+    targets and complement each get a gain within ±``gain_db`` and a random crop."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    count, sources, _, total = pool.shape
+    first = torch.randint(count, (batch,), generator=gen)
+    other = torch.randint(count, (batch,), generator=gen)
+    swap = torch.rand(batch, generator=gen) < remix
+    second = torch.where(swap, other, first)
+    start = torch.randint(total - length + 1, (batch, 2), generator=gen)
+    start[:, 1] = torch.where(swap, start[:, 1], start[:, 0])  # an unswapped item stays aligned
+    gains = 10 ** ((torch.rand(batch, 2, generator=gen) * 2 - 1) * gain_db / 20)
+    items = []
+    for b in range(batch):
+        target = pool[first[b], :-1, :, start[b, 0]: start[b, 0] + length] * gains[b, 0]
+        rest = pool[second[b], -1:, :, start[b, 1]: start[b, 1] + length] * gains[b, 1]
+        items.append(torch.cat([target, rest]))
+    stacked = torch.stack(items)
+    return stacked.sum(dim=1), stacked
+
+
+def fixed_batches(pool: torch.Tensor, batch: int) -> list[Batch]:
+    """The pool as un-remixed batches (validation: the same examples every time)."""
+    return [(chunk.sum(dim=1), chunk) for chunk in pool.split(batch)]
+
+
+class TrainingData:
+    """Pools at any rate for one schema and library, rendered once and kept on disk.
+
+    ``data(rate) -> (batches, validation)``: the training pool's remixed batches and a
+    fixed validation pool rendered from a different seed (held out: never trained on).
+    The same seeds at every rate give the same material, so upscaling compares like
+    with like. Pools are cached as ``folder/pool-<rate>-<kind>.pt``.
+    """
+
+    def __init__(self, schema: str | Path, library: str | Path | None, targets: list[str],
+                 folder: Path, pool_size: int, val_size: int, pool_seconds: float,
+                 segment_s: float, batch_size: int, seed: int, workers: int = 1):
+        self.schema, self.library, self.targets = schema, library, targets
+        self.folder, self.workers = folder, workers
+        self.sizes = {"train": pool_size, "val": val_size}
+        self.seeds = {"train": seed, "val": seed + 7919}
+        self.pool_seconds, self.segment_s = pool_seconds, segment_s
+        self.batch_size, self.seed = batch_size, seed
+
+    def pool(self, rate: int, kind: str) -> torch.Tensor:
+        path = self.folder / f"pool-{rate}-{kind}.pt"
+        if path.exists():
+            return torch.load(path, weights_only=True)
+        seconds = self.pool_seconds if kind == "train" else self.segment_s
+        pool = render_pool(self.schema, self.library, self.sizes[kind], rate, seconds,
+                           self.seeds[kind], self.targets, self.workers)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".part")
+        torch.save(pool, tmp)
+        tmp.replace(path)
+        return pool
+
+    def __call__(self, rate: int) -> tuple[Callable[[int], Batch], list[Batch]]:
+        train, val = self.pool(rate, "train"), self.pool(rate, "val")
+        length = int(round(self.segment_s * rate))
+
+        def batches(step: int) -> Batch:
+            return remix_batch(train, step, self.batch_size, length, self.seed)
+
+        return batches, fixed_batches(val, self.batch_size)

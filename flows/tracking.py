@@ -1,0 +1,99 @@
+"""MLflow tracking with explicit run ids (the active run is thread-local; tasks run elsewhere).
+
+One ``Tracker`` per process; every call names the run it writes to. With
+``tracking.enabled: false`` every call is a no-op, so flows never branch on it.
+The store is ``tracking.uri`` or ``sqlite:///<state dir>/mlflow.db``, artifacts
+under ``<state dir>/mlartifacts``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from adapt.config import Config
+from flows.state import tracking_uri
+
+
+class Tracker:
+    def __init__(self, config: Config, state: Path):
+        self.enabled = config.tracking.enabled
+        self.experiment_name = config.tracking.experiment
+        self.uri = tracking_uri(state, config)
+        self.artifacts = (state / "mlartifacts").as_uri()
+        self._client = None
+        self._experiment_id: str | None = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            found = self.client.get_experiment_by_name(self.experiment_name)
+            self._experiment_id = found.experiment_id if found else (
+                self.client.create_experiment(self.experiment_name, self.artifacts))
+        return self._experiment_id
+
+    def start(self, name: str, params: dict[str, Any] | None = None,
+              tags: dict[str, str] | None = None, parent: str | None = None) -> str | None:
+        """A new run (nested under ``parent`` when given); returns its id, None if disabled."""
+        if not self.enabled:
+            return None
+        tags = dict(tags or {})
+        if parent:
+            tags["mlflow.parentRunId"] = parent
+        run = self.client.create_run(self.experiment_id(), run_name=name, tags=tags)
+        if params:
+            self.params(run.info.run_id, params)
+        return run.info.run_id
+
+    def params(self, run_id: str | None, params: dict[str, Any]) -> None:
+        if run_id is None:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start:start + 100])
+
+    def metrics(self, run_id: str | None, metrics: dict[str, float], step: int) -> None:
+        if run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k.replace("@", "_"), float(v), now, step) for k, v in metrics.items()
+                 if v == v and abs(float(v)) != float("inf")]
+        if items:
+            self.client.log_batch(run_id, metrics=items)
+
+    def artifact(self, run_id: str | None, path: Path, folder: str | None = None) -> None:
+        if run_id is not None:
+            self.client.log_artifact(run_id, str(path), folder)
+
+    def end(self, run_id: str | None, status: str = "FINISHED") -> None:
+        if run_id is not None:
+            self.client.set_terminated(run_id, status)
+
+    def register(self, run_id: str | None, folder: str, name: str, alias: str,
+                 description: str = "") -> str | None:
+        """Register the run's artifact ``folder`` as a new version of ``name`` with ``alias``."""
+        if run_id is None:
+            return None
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException:
+            pass  # already registered: add a version
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{folder}"
+        version = self.client.create_model_version(name, source, run_id=run_id,
+                                                   description=description)
+        self.client.set_registered_model_alias(name, alias, version.version)
+        return version.version

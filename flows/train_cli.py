@@ -1,0 +1,91 @@
+"""CLI commands ``stemloop train-general`` and ``stemloop upscale``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+
+from adapt.errors import UserError
+
+out = Console(highlight=False, soft_wrap=True)
+
+
+def add_train_commands(sub: argparse._SubParsersAction,
+                       add_config_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    cmd = sub.add_parser(
+        "train-general", help="train the general dialogue model (library → train → ladder)",
+        description="Build (or reuse) the labelled library, train a dialogue-vs-background "
+                    "model at model.sample_rate on mix-bus examples (configs/mixbus/), climb "
+                    "upscale.ladder, write one checkpoint per rate into --out and register the "
+                    "top rung in MLflow as 'general-dialogue'. Resumable: rerun the same "
+                    "command after an interruption.")
+    cmd.add_argument("--out", required=True, help="folder for model-<rate>.pt checkpoints")
+    _data_args(cmd)
+    cmd.add_argument("--alias", default="candidate", help="MLflow alias for the new version")
+    add_config_args(cmd)
+    cmd.set_defaults(handler=cmd_train_general)
+
+    cmd = sub.add_parser(
+        "upscale", help="move a model to a higher sample rate (transplant, freeze, unfreeze)",
+        description="Build a model at RATE around MODEL's core, train the new ends with the "
+                    "core frozen until validation is within upscale.margin_db of MODEL, then "
+                    "unfreeze everything (inherited layers at a lower learning rate).")
+    cmd.add_argument("model", help="checkpoint to upscale")
+    cmd.add_argument("--to", type=int, required=True, metavar="RATE", help="target rate, Hz")
+    cmd.add_argument("--out", required=True, help="checkpoint to write")
+    _data_args(cmd)
+    add_config_args(cmd)
+    cmd.set_defaults(handler=cmd_upscale)
+
+
+def _data_args(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--library", help="labelled library folder (default mixbus.library_dir, "
+                                       "else <state dir>/library, built if missing)")
+    cmd.add_argument("--hours", type=float, default=1.0,
+                     help="hours of speech and of music when the library must be built")
+
+
+def _prepare(args: argparse.Namespace):
+    from adapt.config import load_config
+    from datasets.audio import check_output_dir
+    from flows.state import state_dir, use_state_dir
+
+    config = load_config(args.config, args.overrides)
+    if args.library and not (Path(args.library) / "manifest.parquet").is_file():
+        raise UserError(f"{args.library}: not a library (no manifest.parquet); build one with "
+                        "`stemloop library build --out DIR`")
+    use_state_dir(state_dir(config), config)
+    return config, check_output_dir
+
+
+def cmd_train_general(args: argparse.Namespace) -> int:
+    _, check_output_dir = _prepare(args)
+    check_output_dir(args.out)
+    from flows.train_general import train_general
+
+    result = train_general(args.out, args.config, args.overrides, args.library, args.hours,
+                           args.alias)
+    out.print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    from adapt.checkpoint import load_checkpoint
+    from adapt.model import frame_stride
+
+    config, check_output_dir = _prepare(args)
+    model = load_checkpoint(args.model).model  # a bad checkpoint fails here, in one line
+    frame_stride(args.to, config.model.latent_rate)  # an unsupported rate too
+    if args.to <= model.sample_rate:
+        raise UserError(f"--to {args.to}: must be above the model's {model.sample_rate} Hz")
+    check_output_dir(Path(args.out).parent)
+    from flows.train_general import upscale_model
+
+    result = upscale_model(args.model, args.to, args.out, args.config, args.overrides,
+                           args.library, args.hours)
+    out.print(json.dumps(result, indent=2, default=str))
+    return 0
