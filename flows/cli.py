@@ -72,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.separate_cli import add_separate_command
 
     add_separate_command(sub, add_config_args)
+
+    from flows.score_cli import add_score_command
+
+    add_score_command(sub, add_config_args)
+
+    from flows.train_cli import add_train_commands
+
+    add_train_commands(sub, add_config_args)
     return parser
 
 
