@@ -60,21 +60,23 @@ def default_checkpoint(directory: Path, rate: int) -> Path:
 
 def speed(args: argparse.Namespace, work: Path) -> None:
     config = load_config()
-    print("| rate | audio | runs | RTF median | RTF min–max | params |")
-    print("|---|---|---|---|---|---|")
+    print("| rate | audio | runs | RTF median | RTF min–max | CPU s per audio s (median) | "
+          "load avg before | params |")
+    print("|---|---|---|---|---|---|---|---|")
     for rate in args.rates:
         source = make_file(work / f"speed-{rate}.wav", rate, args.seconds)
         model = default_checkpoint(work, rate)
         job = prepare(source, config, model)
-        rtfs = []
+        rtfs, cpus, load = [], [], os.getloadavg()[0]
         for _ in range(args.runs):
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             run_separation(job, work / "out", config)
             rtfs.append((time.perf_counter() - started) / args.seconds)
+            cpus.append((time.process_time() - cpu) / args.seconds)
         params = count_parameters(job.fn.model)
         print(f"| {rate / 1000:g} kHz | {args.seconds:g} s mono | {args.runs} | "
               f"{statistics.median(rtfs):.4f} | {min(rtfs):.4f}–{max(rtfs):.4f} | "
-              f"{params / 1e6:.2f} M |", flush=True)
+              f"{statistics.median(cpus):.4f} | {load:.1f} | {params / 1e6:.2f} M |", flush=True)
 
 
 def measure_process(argv: list[str], log: Path) -> tuple[float, float, float]:

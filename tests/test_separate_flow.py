@@ -85,6 +85,18 @@ def test_cli_separates_and_prints_stems(prefect_harness, tiny_checkpoint, stereo
     assert np.abs(total - data).max() < 1e-6
 
 
+def test_strength_on_a_maskless_model_is_refused(stereo_mix, tmp_path: Path):
+    from adapt.errors import UserError
+    from adapt.separate import prepare
+
+    config = load_config("smoke")
+    maskless = save_checkpoint(tmp_path / "direct.pt",
+                               build_model(config.model.model_copy(update={"head": "maskless"})))
+    assert prepare(stereo_mix[0], config, maskless).strength == 1.0
+    with pytest.raises(UserError, match="maskless"):
+        prepare(stereo_mix[0], config, maskless, strength=2.0)
+
+
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_cli_mistakes_are_one_line_exit_2_and_write_nothing(tiny_checkpoint, stereo_mix,
                                                            tmp_path: Path, capsys):
