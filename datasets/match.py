@@ -28,6 +28,10 @@ from adapt.errors import ConfigError
 from datasets.audio import loudness, read_audio
 from datasets.mixbus_yaml import schema_from_dict
 
+SPLIT_HZ = 1000.0  # high-pass edges are looked for below this, low-pass edges above
+# Long-term spectra of speech and music fall by roughly 0–9 dB an octave against white
+# noise (0 against a library reference); a bounded tilt keeps filters from imitating it.
+TILT_DB_OCT = (-9.0, 3.0)
 EQ_BANDS = (125.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
 
 
@@ -47,10 +51,21 @@ class Match:
     stem_lufs: dict[str, float] = field(default_factory=dict)
 
 
-def spectrum_db(audio: np.ndarray, rate: int, nperseg: int) -> tuple[np.ndarray, np.ndarray]:
-    """Welch long-term power spectrum (dB) of mono ``(time,)`` audio."""
+def spectrum_db(audio: np.ndarray, rate: int, nperseg: int, hum_hz: float | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Welch long-term power spectrum (dB) of mono ``(time,)`` audio, without the lines.
+
+    Bins around the harmonics of ``hum_hz`` are bridged, then a 5-bin median drops other
+    narrow lines; either would bias the band shape.
+    """
     freqs, psd = welch(audio, rate, nperseg=min(nperseg, len(audio)))
-    return freqs, 10 * np.log10(psd + 1e-20)
+    db = 10 * np.log10(psd + 1e-20)
+    if hum_hz:
+        step = freqs[1] - freqs[0]
+        nearest = np.abs((freqs + hum_hz / 2) % hum_hz - hum_hz / 2)
+        lines = (nearest <= 2 * step) & (freqs < 40 * hum_hz) & (freqs > hum_hz / 2)
+        db[lines] = np.interp(freqs[lines], freqs[~lines], db[~lines])
+    return freqs, median_filter(db, size=5, mode="nearest")
 
 
 def _smooth_log(freqs: np.ndarray, db: np.ndarray, octave: float = 1 / 6
@@ -63,62 +78,66 @@ def _smooth_log(freqs: np.ndarray, db: np.ndarray, octave: float = 1 / 6
 
 def divergence(freqs: np.ndarray, rec_db: np.ndarray, ref_db: np.ndarray | None
                ) -> tuple[np.ndarray, np.ndarray]:
-    """Smoothed recording-minus-reference spectrum on a log grid, 0 dB = passband median."""
+    """Smoothed recording-minus-reference spectrum (dB) on a 1/48-octave grid."""
     grid, rec = _smooth_log(freqs, rec_db)
-    if ref_db is None:  # a power law through the recording's own 200–1500 Hz band
-        band = (grid > 200) & (grid < 1500)
-        slope, offset = np.polyfit(np.log2(grid[band]), rec[band], 1)
-        ref = slope * np.log2(grid) + offset
-    else:
-        ref = _smooth_log(freqs, ref_db)[1]
-    div = rec - ref
-    return grid, div - np.median(div[(grid > 300) & (grid < 2000)])
+    return grid, rec - (_smooth_log(freqs, ref_db)[1] if ref_db is not None else 0.0)
 
 
-def band_limits(grid: np.ndarray, div: np.ndarray) -> tuple[float | None, float | None]:
-    """-3 dB points of the divergence, scanning out from 700 Hz; a dip counts as an edge
-    only if the drop goes on (≤ -10 dB an octave further out, or at the spectrum's end)."""
-    def edge(indices: np.ndarray, step: int) -> float | None:
-        for i in indices:
-            if div[i] >= -3:
-                continue
-            far = int(np.clip(i + step * 48, 0, len(div) - 1))  # one octave on the grid
-            if div[far] < -10 and abs(far - i) >= 12:
-                j = i - step  # interpolate the crossing between grid points j and i
-                w = (div[j] + 3) / (div[j] - div[i])
-                lo, hi = np.log2(grid[j]), np.log2(grid[i])
-                return float(2 ** (lo + w * (hi - lo)))
-        return None
-    mid = int(np.searchsorted(grid, 700.0))
-    low, high = edge(np.arange(mid, 0, -1), -1), edge(np.arange(mid, len(grid)), 1)
-    return (_fit_edge(grid, div, low, "highpass") if low else None,
-            _fit_edge(grid, div, high, "lowpass") if high else None)
+def _edge_models(f: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate Butterworth responses (dB) on ``f``: orders 2–10, cutoffs every 1/48 octave
+    below 1 kHz (high-pass) or above it (low-pass); row 0 is 'no filter'. Keeping the two
+    apart matters: with a free tilt, a low-pass equals a high-pass at the same cutoff."""
+    span = (f[0], SPLIT_HZ) if kind == "highpass" else (SPLIT_HZ, f[-1])
+    cutoffs = 2.0 ** np.arange(np.log2(span[0]), np.log2(max(span[1], span[0] * 1.01)), 1 / 48)
+    cut, order = np.meshgrid(cutoffs, np.arange(2, 11), indexing="ij")
+    cut, order = cut.reshape(-1, 1), order.reshape(-1, 1)
+    ratio = f[None] / cut if kind == "lowpass" else cut / f[None]
+    models = -10 * np.log10(1 + ratio ** (2 * order))
+    return np.vstack([np.zeros_like(f), models]), np.concatenate([[np.nan], cut[:, 0]])
 
 
-def _fit_edge(grid: np.ndarray, div: np.ndarray, guess: float, kind: str) -> float:
-    """Refine an edge by least squares: a Butterworth response (cutoff, order 1–10, level)
-    fitted to the divergence from 700 Hz out to where it meets the floor (-35 dB)."""
-    side = grid > 700 if kind == "lowpass" else grid < 700
-    usable = side & (div > -35)
-    f, d = grid[usable], div[usable]
-    best, best_err = guess, np.inf
-    for cutoff in guess * 2.0 ** np.arange(-0.7, 0.7, 1 / 96):
-        ratio = f / cutoff if kind == "lowpass" else cutoff / f
-        for order in range(1, 11):
-            model = -10 * np.log10(1 + ratio ** (2 * order))
-            resid = d - model
-            err = float(((resid - resid.mean()) ** 2).mean())
-            if err < best_err:
-                best, best_err = float(cutoff), err
-    return best
+def _best(target: np.ndarray, models: np.ndarray, x: np.ndarray) -> tuple[int, np.ndarray]:
+    """The model whose removal leaves ``target`` closest to a tilt of TILT_DB_OCT dB/octave
+    (least squares, slope clipped to that range); its index and the fitted tilt line."""
+    resid = target[None] - models
+    xc = x - x.mean()
+    slope = np.clip((resid - resid.mean(1, keepdims=True)) @ xc / (xc @ xc), *TILT_DB_OCT)
+    line = (resid.mean(1) - slope * x.mean())[:, None] + slope[:, None] * x[None]
+    best = int(np.argmin(((resid - line) ** 2).mean(axis=1)))
+    return best, line[best]
 
 
-def eq_gains(grid: np.ndarray, div: np.ndarray, low: float | None, high: float | None
-             ) -> tuple[list[float], list[float]]:
-    """Octave-band gains of the divergence inside the passband, clipped to ±12 dB."""
-    bands = [f for f in EQ_BANDS if f < grid[-1] and (low is None or f > 1.5 * low)
+def band_limits(grid: np.ndarray, div: np.ndarray) -> tuple[float | None, float | None,
+                                                             np.ndarray]:
+    """High-pass and low-pass edges fitted jointly with a power-law tilt (coordinate descent
+    over Butterworth cutoffs and orders) to the spectrum above its floor; an edge counts
+    only if the fitted filter cuts ≥ 10 dB inside the band measured. Returns the edges and
+    the fitted model on ``grid`` (dB)."""
+    usable = (grid >= 45) & (div > np.percentile(div, 2) + 10)
+    f, y = grid[usable], div[usable]
+    x = np.log2(f)
+    hp_models, hp_cuts = _edge_models(f, "highpass")
+    lp_models, lp_cuts = _edge_models(f, "lowpass")
+    hp = lp = 0
+    for _ in range(3):
+        lp, _ = _best(y - hp_models[hp], lp_models, x)
+        hp, line = _best(y - lp_models[lp], hp_models, x)
+    low = hp_cuts[hp] if hp and hp_models[hp][0] < -10 else None
+    high = lp_cuts[lp] if lp and lp_models[lp][-1] < -10 else None
+    shape = np.zeros_like(grid)
+    shape[usable] = hp_models[hp] + lp_models[lp] + line
+    return (float(low) if low else None, float(high) if high else None, shape)
+
+
+def eq_gains(grid: np.ndarray, div: np.ndarray, shape: np.ndarray, low: float | None,
+             high: float | None) -> tuple[list[float], list[float]]:
+    """Octave-band gains of what the fitted edges and tilt leave, inside the passband,
+    clipped to ±12 dB (room colouration, or a mismatch with the library's spectrum)."""
+    rest = div - shape
+    rest -= np.median(rest[(grid > 300) & (grid < 2000)])
+    bands = [f for f in EQ_BANDS if f < grid[-1] / 1.41 and (low is None or f > 1.5 * low)
              and (high is None or f < high / 1.5)]
-    gains = [float(np.clip(np.median(div[(grid > f / 1.41) & (grid < f * 1.41)]), -12, 12))
+    gains = [float(np.clip(np.median(rest[(grid > f / 1.41) & (grid < f * 1.41)]), -12, 12))
              for f in bands]
     return bands, gains
 
@@ -135,18 +154,20 @@ def noise_floor(audio: np.ndarray, rate: int) -> tuple[float, float]:
 
 
 def find_hum(audio: np.ndarray, rate: int) -> tuple[float | None, float | None]:
-    """Mains frequency (45–65 Hz) from harmonic peak prominence, and the hum's level."""
-    freqs, psd = welch(audio, rate, nperseg=min(len(audio), 8 * rate))  # 0.125 Hz bins
+    """Mains frequency (45–65 Hz) from harmonic peak prominence, and the hum's level (dBFS)."""
+    # bins of 0.125 Hz, coarser for short files so that at least 8 segments are averaged
+    freqs, psd = welch(audio, rate, nperseg=min(8 * rate, max(rate, len(audio) // 8)))
     db = 10 * np.log10(psd + 1e-20)
     background = median_filter(db, size=int(8 / (freqs[1] - freqs[0])), mode="nearest")
     prominence = db - background
     candidates = np.arange(45.0, 65.0, 0.025)
-    harmonics = np.arange(1, 6)
-    # the two most prominent of five harmonics: rectifier hum is often strongest at 2·f0
-    scores = [np.sort(np.interp(f0 * harmonics, freqs, prominence))[-2:].mean()
+    harmonics = np.arange(1, 4)
+    # the most prominent of the first three partials (rectifier hum is often strongest at 2·f0)
+    # plus a little of the others, so that f0 itself beats its sub-multiples
+    scores = [np.sort(np.interp(f0 * harmonics, freqs, prominence)) @ np.array([0.1, 0.1, 1.0])
               for f0 in candidates]
     best = int(np.argmax(scores))
-    if scores[best] < 8.0:
+    if scores[best] < max(10.0, float(np.median(scores)) + 8.0):
         return None, None
     f0 = float(candidates[best])
     power = sum(psd[np.abs(freqs - k * f0) < 0.5].sum() * (freqs[1] - freqs[0])
@@ -210,13 +231,13 @@ def analyse(recording: str | Path, library: Path | None = None,
     audio = read_range(info, 0, min(info.frames, int(max_seconds * info.sample_rate)))
     rate = info.sample_rate
     mono = audio.mean(0).double().numpy()
-    nperseg = 1 << int(round(math.log2(rate / 8)))  # ~8 Hz bins
-    freqs, rec_db = spectrum_db(mono, rate, nperseg)
-    grid, div = divergence(freqs, rec_db, reference_spectrum(library, rate, nperseg))
-    low, high = band_limits(grid, div)
-    bands, gains = eq_gains(grid, div, low, high)
-    floor_db, noise_lufs = noise_floor(mono, rate)
+    nperseg = 1 << int(round(math.log2(rate / 4)))  # ~4 Hz bins: hum lines stay apart
     hum_hz, hum_db = find_hum(mono, rate)
+    freqs, rec_db = spectrum_db(mono, rate, nperseg, hum_hz)
+    grid, div = divergence(freqs, rec_db, reference_spectrum(library, rate, nperseg))
+    low, high, shape = band_limits(grid, div)
+    bands, gains = eq_gains(grid, div, shape, low, high)
+    floor_db, noise_lufs = noise_floor(mono, rate)
     stem_lufs = {name: loudness(read_audio(path)[0], read_audio(path)[1])
                  for name, path in (stems or {}).items()}
     return Match(rate, loudness(audio, rate), low, high, bands, gains, floor_db, noise_lufs,
