@@ -90,6 +90,8 @@ class MixbusConfig(Section):
     library_dir: str | None
     segment_s: float = Field(gt=0.0, le=120.0)
     seed: int = Field(ge=0)
+    match_seconds: float = Field(gt=0.0, le=86400.0)
+    library_hours: float = Field(gt=0.0, le=100.0)
     library: LibraryConfig
 
 
@@ -143,12 +145,28 @@ class ScoreConfig(Section):
     click_threshold: float = Field(gt=1.0, le=100.0)
 
 
+class GuidanceConfig(Section):
+    include: list[tuple[float, float]]
+    exclude: list[tuple[float, float]]
+    extra_clips: list[str]
+    drop_library: list[str]
+    schema_overrides: dict[str, Any]
+
+
 class LoopConfig(Section):
     max_iterations: int = Field(ge=1, le=100)
     min_delta: float = Field(ge=0.0, le=100.0)
     patience: int = Field(ge=1, le=100)
     working_rate: int = Field(ge=8000, le=192000)
     holdout_fraction: float = Field(ge=0.0, lt=1.0)
+    target: str = Field(min_length=1)
+    library_share: float = Field(ge=0.0, le=1.0)
+    segment_max_s: float = Field(gt=0.0, le=600.0)
+    pseudo_pairs: int = Field(ge=1, le=10_000)
+    pseudo_seconds: float = Field(gt=0.0, le=60.0)
+    pseudo_ratios_db: list[float] = Field(min_length=1)
+    upscale: bool
+    guidance: GuidanceConfig
 
 
 class TrackingConfig(Section):

@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.train_cli import add_train_commands
 
     add_train_commands(sub, add_config_args)
+
+    from flows.adapt_cli import add_adapt_command
+
+    add_adapt_command(sub, add_config_args)
     return parser
 
 

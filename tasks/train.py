@@ -52,9 +52,21 @@ def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
     return f"{context.task.name}-{content_digest(files, CODE, settings)}"
 
 
-def _logger(config: Config, run_id: str | None):
-    tracker = Tracker(config, state_dir(config))
-    return lambda metrics, step: tracker.metrics(run_id, metrics, step)
+def progress_logger(config: Config, run_id: str | None, total: int):
+    """Metrics to MLflow every step; a progress line to the flow's log at each validation."""
+    from prefect import get_run_logger
+
+    tracker, log = Tracker(config, state_dir(config)), get_run_logger()
+
+    def on_metrics(metrics: dict[str, float], step: int) -> None:
+        tracker.metrics(run_id, metrics, step)
+        val = {k: v for k, v in metrics.items() if "val/" in k}
+        if val:
+            loss = next(v for k, v in metrics.items() if k.endswith("train/total"))
+            log.info("step %d/%d  loss %.3f  %s", step, total, loss,
+                     "  ".join(f"{k} {v:.2f}" for k, v in val.items()))
+
+    return on_metrics
 
 
 @task(name="train-low-rate", cache_key_fn=_key, persist_result=True)
@@ -65,7 +77,7 @@ def train_low_rate(config: Config, library: str, folder: str, run_id: str | None
     batches, val = data(config.model.sample_rate)
     model = build_model(config.model)
     result = train(model, batches, val, config.train, Run(Path(folder) / "low-rate"),
-                   on_metrics=_logger(config, run_id))
+                   on_metrics=progress_logger(config, run_id, config.train.steps))
     path = save_checkpoint(Path(folder) / f"model-{model.sample_rate}.pt", model,
                            {"step": result["step"], "val_si_sdr": result["best_si_sdr"]})
     return {"checkpoint": str(path), "rate": model.sample_rate, "steps": result["step"],
@@ -79,7 +91,8 @@ def upscale_rung(config: Config, library: str, folder: str, checkpoint: str, rat
     model = load_checkpoint(checkpoint).model
     data = training_data(config, library, Path(folder))
     new, report = upscale(model, rate, data, config.upscale, config.train, Path(folder),
-                          _logger(config, run_id))
+                          progress_logger(config, run_id, config.upscale.new_layers_steps
+                                  + config.upscale.all_steps))
     path = save_checkpoint(Path(folder) / f"model-{rate}.pt", new,
                            {"upscale": report, "val_si_sdr": report["final_si_sdr"]})
     return {"checkpoint": str(path), "rate": rate, **report}

@@ -1,0 +1,270 @@
+"""The self-adaptation dataset of one iteration (patent 2.3, 4.3; RemixIT-style remixing).
+
+From the culled stems of an iteration:
+- the confident target segments become the Sources, the confident complement
+  segments the Noise, remixed across segments by the mix bus (any target segment
+  over any complement segment, each at a drawn level);
+- labelled library material, with the recording's degradations matched onto it,
+  is always mixed in (``library_share`` of the examples) so the model does not
+  drift, minus the classes a restorer says the recording lacks;
+- a fraction of the segments is held out and never trained on: remixed at known
+  ratios they make the pseudo-reference set that scores every iteration.
+
+Guidance from a restorer: time regions to include or exclude, extra clips.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adapt.config import Config
+from datasets.audio import read_audio, resample, write_audio
+from datasets.cull import Segment
+
+Region = tuple[float, float]  # seconds
+
+
+@dataclass(frozen=True)
+class SegmentSplit:
+    train: list[Segment]
+    holdout: list[Segment]
+
+
+def apply_guidance(segments: list[Segment], rate: int, include: list[Region],
+                   exclude: list[Region]) -> list[Segment]:
+    """Segments clipped to the ``include`` regions (if any) with ``exclude`` regions cut out."""
+    spans = [(s.start, s.stop, s.level_db) for s in segments]
+    if include:
+        spans = [(max(a, int(lo * rate)), min(b, int(hi * rate)), db) for a, b, db in spans
+                 for lo, hi in include if min(b, int(hi * rate)) > max(a, int(lo * rate))]
+    for lo, hi in exclude:
+        cut_lo, cut_hi = int(lo * rate), int(hi * rate)
+        kept = []
+        for a, b, db in spans:
+            kept += [(a, min(b, cut_lo), db)] if a < cut_lo else []
+            kept += [(max(a, cut_hi), b, db)] if b > cut_hi else []
+        spans = [(a, b, db) for a, b, db in kept if b > a]
+    return [Segment(a, b, db) for a, b, db in spans]
+
+
+def chop(segments: list[Segment], length: int) -> list[Segment]:
+    """Segments longer than ``length`` samples cut into pieces of at most ``length``
+    (the last piece of each takes the remainder if it is at least half as long)."""
+    pieces = []
+    for s in segments:
+        cuts = list(range(s.start, s.stop, length)) + [s.stop]
+        if len(cuts) > 2 and cuts[-1] - cuts[-2] < length // 2:
+            cuts.pop(-2)
+        pieces += [Segment(a, b, s.level_db) for a, b in zip(cuts, cuts[1:], strict=False)]
+    return pieces
+
+
+def split_holdout(segments: list[Segment], fraction: float, seed: int) -> SegmentSplit:
+    """Hold out about ``fraction`` of the segments' duration (whole segments, drawn by seed);
+    at least one segment stays for training whenever there are two or more."""
+    if fraction <= 0 or len(segments) < 2:
+        return SegmentSplit(list(segments), [])
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(segments), generator=gen).tolist()
+    total = sum(s.stop - s.start for s in segments)
+    held, size = [], 0
+    for index in order[:-1]:
+        if size >= fraction * total:
+            break
+        held.append(index)
+        size += segments[index].stop - segments[index].start
+    chosen = set(held)
+    return SegmentSplit([s for i, s in enumerate(segments) if i not in chosen],
+                        [s for i, s in enumerate(segments) if i in chosen])
+
+
+def write_segments(audio: torch.Tensor, rate: int, segments: list[Segment], folder: Path,
+                   prefix: str) -> list[Path]:
+    """Each segment of ``(channels, time)`` audio as a mono WAV at the recording's own rate
+    (the loader resamples to whatever rate a model trains at)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, segment in enumerate(segments):
+        clip = audio[:, segment.start: segment.stop].mean(dim=0, keepdim=True)
+        paths.append(write_audio(folder / f"{prefix}-{k:04d}.wav", clip, rate))
+    return paths
+
+
+def adaptation_schema(targets: list[Path], complements: list[Path], matched: dict[str, Any],
+                      target_name: str, library_share: float, drop: list[str],
+                      levels: tuple[float, float] = (-22.0, -25.0)) -> dict[str, Any]:
+    """A mix-bus schema: culled target segments over culled complement segments, plus the
+    matched library schema's buses (minus ``drop``) in ``library_share`` of the examples.
+
+    ``matched`` is a dialogue schema (sources/voices, sources/music, noise) whose
+    degradations were fitted to the recording; its post chain applies to every example.
+    ``levels`` are the crude target's and complement's loudness (LUFS): culled segments
+    are drawn within ±4 dB of them, so remixes keep the recording's balance.
+    """
+    schema = copy.deepcopy(matched)
+    own = {"name": "recording", "probability": 1.0 - library_share}
+    voices = {**own, "feed": {"files": [str(p) for p in targets]},
+              "lufs": [levels[0] - 4, min(levels[0] + 4, -1)]}
+    background = {**own, "feed": {"files": [str(p) for p in complements]},
+                  "lufs": [levels[1] - 4, min(levels[1] + 4, -1)]}
+    buses = schema["buses"]
+    sources = _child(buses, "sources")
+    for child in sources["children"]:
+        child["probability"] = library_share * child.get("probability", 1.0)
+        if child["name"] in drop:
+            child["probability"] = 0.0
+    noise = _child(buses, "noise")
+    for child in noise["children"]:
+        if child["name"] in drop:
+            child["probability"] = 0.0
+    voices_bus = _child(sources["children"], "voices")
+    voices_bus["probability"] = 1.0
+    for child in voices_bus["children"]:
+        child["probability"] = library_share * child.get("probability", 1.0)
+    voices_bus["children"].append(voices)
+    if complements:
+        noise["children"].append(background)
+    schema["targets"] = {target_name: {"bus": "sources/voices"},
+                         "background": {"bus": "sources/music"}, "noise": {"bus": "noise"}}
+    schema["description"] = "self-adaptation: culled stems remixed, plus matched library"
+    return schema
+
+
+def _child(nodes: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    for node in nodes:
+        if node.get("name") == name:
+            return node
+    raise ValueError(f"the base schema has no bus named {name!r}")
+
+
+def pseudo_reference(targets: list[Path], complements: list[Path], rate: int, seconds: float,
+                     count: int, ratios_db: tuple[float, ...], seed: int
+                     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Held-out segments remixed at known ratios: batches ``(mixture (1, 1, T), sources
+    (1, 2, 1, T))`` whose first source is the held-out target segment."""
+    if not targets or not complements:
+        return []
+    gen = torch.Generator().manual_seed(seed)
+    clips_t = [_clip(p, rate) for p in targets]
+    clips_c = [_clip(p, rate) for p in complements]
+    length = int(seconds * rate)
+    pairs = []
+    for k in range(count):
+        target = _crop(clips_t[k % len(clips_t)], length, gen)
+        rest = _crop(clips_c[int(torch.randint(len(clips_c), (1,), generator=gen))], length, gen)
+        ratio = ratios_db[k % len(ratios_db)]
+        gain = (target.pow(2).mean() / rest.pow(2).mean().clamp(min=1e-12)).sqrt()
+        rest = rest * gain * 10 ** (-ratio / 20)
+        sources = torch.stack([target, rest])[None]
+        pairs.append((sources.sum(dim=1), sources))
+    return pairs
+
+
+def _clip(path: Path, rate: int) -> torch.Tensor:
+    audio, file_rate = read_audio(path)
+    return resample(audio, file_rate, rate)
+
+
+def _crop(clip: torch.Tensor, length: int, gen: torch.Generator) -> torch.Tensor:
+    """``(1, length)``: a random crop, or the clip looped to length when shorter."""
+    if clip.shape[-1] < length:
+        clip = clip.repeat(1, length // clip.shape[-1] + 1)
+    start = int(torch.randint(clip.shape[-1] - length + 1, (1,), generator=gen))
+    return clip[:, start: start + length]
+
+
+# ---------------------------------------------------------------- one iteration's dataset
+
+def build_iteration(stems: dict[str, Path], target: str, iteration: int, config: Config,
+                    folder: Path, base_schema: dict[str, Any], holdout_file: Path
+                    ) -> dict[str, Any]:
+    """Cull an iteration's stems and write its dataset into ``folder``.
+
+    Iteration 0 also chooses the held-out segments and records them in
+    ``holdout_file`` (their files and time regions); later iterations never train on
+    those regions. Returns a small record: coverage and seconds per stem, the schema
+    path, the held-out files.
+    """
+    import json
+
+    import pandas as pd
+    import yaml
+
+    from datasets.cull import coverage, cull, segments_table
+
+    audio = {name: read_audio(path) for name, path in stems.items()}
+    rate = audio[target][1]
+    mine = audio[target][0]
+    rest = sum(a for name, (a, _) in audio.items() if name != target)
+    guide, loop = config.loop.guidance, config.loop
+    piece = int(loop.segment_max_s * rate)
+    segments = {}
+    for name, stem in (("target", mine), ("complement", rest)):
+        found = cull(stem, rate, config.cull, iteration)
+        segments[name] = chop(apply_guidance(found, rate, list(guide.include),
+                                             list(guide.exclude)), piece)
+    if iteration == 0 or not holdout_file.exists():
+        held = {name: split_holdout(segs, loop.holdout_fraction, config.train.seed + i)
+                for i, (name, segs) in enumerate(segments.items())}
+        holdout = {name: [str(p) for p in write_segments(
+                       mine if name == "target" else rest, rate, split.holdout,
+                       holdout_file.parent / "holdout", name)]
+                   for name, split in held.items()}
+        regions = sorted((s.start / rate, s.stop / rate) for split in held.values()
+                         for s in split.holdout)
+        holdout_file.write_text(json.dumps({"files": holdout, "regions": regions}, indent=1))
+        train = {name: split.train for name, split in held.items()}
+    else:
+        regions = [tuple(r) for r in json.loads(holdout_file.read_text())["regions"]]
+        train = {name: apply_guidance(segs, rate, [], regions) for name, segs in
+                 segments.items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {name: write_segments(mine if name == "target" else rest, rate, segs,
+                                  folder / name, name) for name, segs in train.items()}
+    files["target"] += [Path(p) for p in guide.extra_clips]
+    tables = [segments_table(name, segs, rate) for name, segs in train.items()]
+    pd.concat(tables).to_parquet(folder / "cull.parquet")
+    from datasets.audio import loudness
+
+    levels = (loudness(mine, rate), loudness(rest, rate))
+    levels = tuple(v if v == v and v > -70 else -30.0 for v in levels)
+    schema = adaptation_schema(files["target"], files["complement"], base_schema, target,
+                               loop.library_share if files["target"] else 1.0,
+                               list(guide.drop_library), levels)
+    schema = _merge(schema, dict(guide.schema_overrides))
+    schema_path = folder / "schema.yaml"
+    schema_path.write_text(yaml.safe_dump(schema, sort_keys=False))
+    length = mine.shape[-1]
+    return {"schema": str(schema_path), "holdout": str(holdout_file),
+            "coverage": {"target": coverage(train["target"], length),
+                         "complement": coverage(train["complement"], length)},
+            "seconds": {name: sum(s.stop - s.start for s in segs) / rate
+                        for name, segs in train.items()},
+            "segments": {name: len(segs) for name, segs in train.items()}}
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def holdout_pairs(holdout_file: Path, rate: int, config: Config
+                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The pseudo-reference set at ``rate`` from a run's ``holdout.json``."""
+    import json
+
+    files = json.loads(Path(holdout_file).read_text())["files"]
+    loop = config.loop
+    return pseudo_reference([Path(p) for p in files["target"]],
+                            [Path(p) for p in files["complement"]], rate, loop.pseudo_seconds,
+                            loop.pseudo_pairs, tuple(loop.pseudo_ratios_db), config.train.seed)

@@ -1,0 +1,185 @@
+"""Prefect flow ``adapt-recording``: the self-iteration loop (patent 2.3, FIG. 4; 4.3, FIG. 10).
+
+    iteration 0: separate with the general model
+    each iteration k: separate (model k) → cull + dataset → score → stop? → fine-tune
+                      (model k+1 at the working rate, upscaled to the recording's rate)
+    deliver the BEST iteration's stems (they sum to the recording)
+
+Everything lands in ``<state>/runs/<recording-id>/<run>/``: ``iter-NNN/{model/, stems/,
+dataset/, scores.json, spectrograms/}``, ``final/``, ``report.json``, figures. Each
+stage is a task cached on content, and fine-tuning checkpoints inside, so rerunning
+the same command resumes where a crash stopped. MLflow: one parent run per run and
+one nested run per iteration, ids passed explicitly. Call
+``flows.state.use_state_dir`` before importing this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from adapt.config import Config, load_config
+from adapt.errors import UserError
+from adapt.plots import curves_png, iterations_png, spectrogram_png
+from adapt.score import best_iteration, should_stop
+from datasets.audio import probe, read_audio, write_audio
+from datasets.files import write_json
+from flows.state import state_dir
+from flows.tracking import Tracker
+from tasks.caching import file_digest
+from tasks.dataset import build_dataset
+from tasks.finetune import finetune
+from tasks.library import ensure_library
+from tasks.match import match_schema
+from tasks.score import score_iteration
+from tasks.separate import separate_file
+
+MODELS = Path(__file__).resolve().parent.parent / "models" / "general-dialogue-v1"
+
+
+@flow(name="adapt-recording", log_prints=False)
+def adapt_recording(recording: str, config_path: str | None = None,
+                    overrides: list[str] | None = None, reference: str | None = None,
+                    run_name: str | None = None) -> dict[str, Any]:
+    """Adapt a model to ``recording`` and deliver its best stems; returns the report."""
+    started = time.monotonic()
+    log = get_run_logger()
+    config = load_config(config_path, overrides or [])
+    info = probe(recording, config.io.min_duration_s)
+    digest = file_digest(recording)
+    run_dir = run_folder(config, recording, digest, run_name)
+    state = state_dir(config)
+    library = ensure_library(config.mixbus.library_dir or str(state / "library"),
+                             config.mixbus.library_hours, config.mixbus.seed,
+                             config.mixbus.library)
+    model_work, model_rec = general_models(config, info.sample_rate)
+    tracker = Tracker(config, state)
+    parent = tracker.start(f"{run_dir.parent.name}/{run_dir.name}", _params(config, recording),
+                           {"stemloop.recording_sha256": digest, "stemloop.flow": "adapt"})
+    matched = match_schema(recording, digest, config.mixbus.schema_path, library,
+                           str(run_dir / "matched.yaml"))
+    history: list[dict[str, float]] = []
+    stems_by_iteration: list[dict[str, str]] = []
+    stopped = "max_iterations"
+    for k in range(config.loop.max_iterations + 1):
+        folder = run_dir / f"iter-{k:03d}"
+        child = tracker.start(f"iteration-{k}", {"model": model_rec}, parent=parent)
+        log.info("iteration %d: separating with %s", k, Path(model_rec).name)
+        record = separate_file(recording, str(folder / "stems"), model_rec, None, None, config)
+        data = build_dataset(record.stems, k, config, str(folder / "dataset"), matched,
+                             str(run_dir / "holdout.json"))
+        metrics = score_iteration(record.stems, recording, model_work, data["holdout"],
+                                  reference, config)
+        metrics.update({f"cull/coverage_{k2}": v for k2, v in data["coverage"].items()})
+        metrics.update({f"cull/seconds_{k2}": v for k2, v in data["seconds"].items()})
+        write_json(folder / "scores.json", metrics)
+        _log_iteration(tracker, child, parent, metrics, k, record.stems, folder, config)
+        history.append(metrics)
+        stems_by_iteration.append(record.stems)
+        log.info("iteration %d: quality %.2f, pseudo-reference SI-SDR %.2f dB", k,
+                 metrics["quality/estimate"], metrics["pseudo_reference/si_sdr"])
+        estimates = [h["quality/estimate"] for h in history]
+        if should_stop(estimates, config.loop.min_delta, config.loop.patience,
+                       config.loop.max_iterations):
+            stopped = "max_iterations" if k >= config.loop.max_iterations else "no_improvement"
+            tracker.end(child)
+            break
+        log.info("iteration %d: fine-tuning on %.1f s of culled target", k,
+                 data["seconds"]["target"])
+        tuned = finetune(model_work, data["schema"], library, data["holdout"],
+                         str(run_dir / f"iter-{k + 1:03d}" / "model"), info.sample_rate,
+                         config, child)
+        model_work, model_rec = tuned["working"], tuned["recording"]
+        tracker.end(child)
+    report = deliver(run_dir, history, stems_by_iteration, stopped, recording, digest,
+                     parent, started, config)
+    tracker.artifact(parent, run_dir / "report.json")
+    for png in ("iterations.png", "curves.png"):
+        tracker.artifact(parent, run_dir / png, "figures")
+    best_model = run_dir / f"iter-{report['best_iteration']:03d}" / "model"
+    if best_model.is_dir():
+        for checkpoint in sorted(best_model.glob("model-*.pt")):
+            tracker.artifact(parent, checkpoint, "best-model")
+    tracker.end(parent)
+    return report
+
+
+def run_folder(config: Config, recording: str, digest: str, run_name: str | None) -> Path:
+    """``<state>/runs/<recording-id>/<run>``; the default run name is the config's digest,
+    so rerunning the same command finds (and resumes) the same folder."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(recording).stem)[:40] or "recording"
+    name = run_name or "run-" + hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:8]
+    return state_dir(config) / "runs" / f"{slug}-{digest[:8]}" / name
+
+
+def general_models(config: Config, rate: int) -> tuple[str, str]:
+    """The model to fine-tune (working rate) and the one to separate with at ``rate``."""
+    if config.separate.model:
+        return config.separate.model, config.separate.model
+    working = MODELS / f"model-{config.loop.working_rate}.pt"
+    if not working.is_file():
+        raise UserError(f"{working}: the general model is missing; train it with `stemloop "
+                        "train-general --out models/general-dialogue-v1 --config general` or "
+                        "pass --set separate.model=CHECKPOINT")
+    own = MODELS / f"model-{rate}.pt"
+    return str(working), str(own if own.is_file() else working)
+
+
+def _log_iteration(tracker: Tracker, child: str | None, parent: str | None,
+                   metrics: dict[str, float], k: int, stems: dict[str, str], folder: Path,
+                   config: Config) -> None:
+    tracker.metrics(child, metrics, k)
+    tracker.metrics(parent, metrics, k)
+    seconds = config.tracking.preview_seconds
+    for name, path in stems.items():
+        audio, rate = read_audio(path)
+        png = spectrogram_png(audio, rate, folder / "spectrograms" / f"{name}.png",
+                              f"iteration {k}: {name}")
+        tracker.artifact(child, png, "spectrograms")
+        if seconds > 0 and tracker.enabled:
+            preview = write_audio(folder / "previews" / f"{name}.flac",
+                                  audio[:, : int(seconds * rate)], rate, "PCM_24")
+            tracker.artifact(child, preview, "previews")
+
+
+def deliver(run_dir: Path, history: list[dict[str, float]], stems: list[dict[str, str]],
+            stopped: str, recording: str, digest: str, parent: str | None, started: float,
+            config: Config) -> dict[str, Any]:
+    """Copy the best iteration's stems to ``final/``; write report.json and the figures."""
+    best = best_iteration([h["quality/estimate"] for h in history])
+    final = run_dir / "final"
+    final.mkdir(parents=True, exist_ok=True)
+    delivered = {}
+    for name, path in stems[best].items():
+        target = final / Path(path).name
+        shutil.copyfile(path, target.with_name(f".{target.name}.part"))
+        target.with_name(f".{target.name}.part").replace(target)
+        delivered[name] = str(target)
+    loaded = [{n: read_audio(p)[0] for n, p in s.items()} for s in stems]
+    rate = probe(recording).sample_rate
+    iterations_png(loaded, rate, [f"iteration {k}" for k in range(len(stems))],
+                   run_dir / "iterations.png")
+    keys = ["quality/estimate", "pseudo_reference/si_sdr",
+            f"reference/si_sdr_{config.loop.target}"]
+    curves_png(history, keys, best, run_dir / "curves.png",
+               f"stopped: {stopped}; delivered iteration {best}")
+    report = {"recording": str(Path(recording).resolve()), "recording_sha256": digest,
+              "run_dir": str(run_dir), "best_iteration": best, "stopped": stopped,
+              "iterations": history, "final": delivered, "mlflow_run_id": parent,
+              "wall_s": round(time.monotonic() - started, 1)}
+    write_json(run_dir / "report.json", report)
+    return report
+
+
+def _params(config: Config, recording: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {"recording": recording}
+    for section in ("loop", "cull", "train", "upscale", "score"):
+        for key, value in getattr(config, section).model_dump(mode="json").items():
+            flat[f"{section}.{key}"] = value
+    return flat

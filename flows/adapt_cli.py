@@ -1,0 +1,60 @@
+"""CLI command ``stemloop adapt``: the adaptation loop on one recording."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+
+from adapt.errors import UserError
+
+out = Console(highlight=False, soft_wrap=True)
+
+
+def add_adapt_command(sub: argparse._SubParsersAction,
+                      add_config_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    cmd = sub.add_parser(
+        "adapt", help="adapt a model to one recording and deliver its best stems",
+        description="Separate RECORDING with the general model, then iterate: cull the "
+                    "confident parts of the stems, build a dataset from them and the matched "
+                    "library, fine-tune, separate again and score without a reference; stop "
+                    "when quality stops improving and deliver the best iteration's stems "
+                    "(they sum to the recording). Rerun the same command to resume.")
+    cmd.add_argument("recording", help="the recording (never modified)")
+    cmd.add_argument("--reference", metavar="DIR",
+                     help="ground-truth stems (evaluation only: logged, never steers the loop)")
+    cmd.add_argument("--run", metavar="NAME", help="run name (default: from the config)")
+    add_config_args(cmd)
+    cmd.set_defaults(handler=cmd_adapt)
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from adapt.config import load_config
+    from datasets.audio import check_output_dir, probe
+    from flows.state import state_dir, use_state_dir
+
+    config = load_config(args.config, args.overrides)
+    probe(args.recording, config.io.min_duration_s)
+    if args.reference and not Path(args.reference).is_dir():
+        raise UserError(f"{args.reference}: --reference must be a folder of stems")
+    state = use_state_dir(state_dir(config), config)
+    check_output_dir(state / "runs")
+    from flows.adapt import adapt_recording, general_models
+
+    general_models(config, probe(args.recording).sample_rate)  # a missing model: one line
+    report = adapt_recording(args.recording, args.config, args.overrides, args.reference,
+                             args.run)
+    best = report["best_iteration"]
+    out.print(f"delivered iteration {best} of {len(report['iterations'])} "
+              f"(stopped: {report['stopped']}) in {report['wall_s']:.0f} s")
+    for name, path in report["final"].items():
+        out.print(f"  {name:<12} {path}")
+    run_dir = Path(report["run_dir"])
+    out.print(f"report      {run_dir / 'report.json'}")
+    out.print(f"figures     {run_dir / 'iterations.png'}, {run_dir / 'curves.png'}")
+    if config.tracking.enabled:
+        out.print(f"MLflow      mlflow ui --backend-store-uri sqlite:///{state / 'mlflow.db'} "
+                  "(then open http://127.0.0.1:5000)")
+    return 0

@@ -1,0 +1,35 @@
+"""Prefect task: cull an iteration's stems and build its adaptation dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import task
+from prefect.context import TaskRunContext
+
+import datasets.adaptset
+import datasets.cull
+from adapt.config import Config
+from datasets.adaptset import build_iteration
+from tasks.caching import content_digest
+
+
+def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    config: Config = parameters["config"]
+    if not config.orchestration.cache:
+        return None
+    files = [*parameters["stems"].values(), parameters["matched"]]
+    settings = (parameters["iteration"], config.cull, config.loop, config.train.seed,
+                parameters["folder"])
+    code = (datasets.adaptset, datasets.cull)
+    return f"dataset-{content_digest(files, code, settings)}"
+
+
+@task(name="build-dataset", cache_key_fn=_key, persist_result=True)
+def build_dataset(stems: dict[str, str], iteration: int, config: Config, folder: str,
+                  matched: str, holdout_file: str) -> dict[str, Any]:
+    base = yaml.safe_load(Path(matched).read_text())
+    return build_iteration({k: Path(v) for k, v in stems.items()}, config.loop.target,
+                           iteration, config, Path(folder), base, Path(holdout_file))

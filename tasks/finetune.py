@@ -1,0 +1,61 @@
+"""Prefect task: fine-tune the current model on an iteration's dataset (and upscale it).
+
+Trains at the working rate from the current working-rate model, validating on the
+run's pseudo-reference (held-out remixes); then, for a recording above the working
+rate, moves the result up to the recording's rate (frozen new layers, then all).
+Checkpoints inside, so a killed run resumes mid-training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.context import TaskRunContext
+
+from adapt.checkpoint import load_checkpoint, save_checkpoint
+from adapt.config import SUPPORTED_RATES, Config
+from adapt.train import Run, train
+from adapt.upscale import upscale
+from datasets.adaptset import holdout_pairs
+from datasets.batches import TrainingData
+from tasks.caching import content_digest
+from tasks.train import CODE, progress_logger
+
+
+def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    config: Config = parameters["config"]
+    if not config.orchestration.cache:
+        return None
+    files = [parameters["model"], parameters["schema"], parameters["holdout"]]
+    settings = (config.train, config.upscale, config.loop, parameters["rate"],
+                parameters["folder"])
+    return f"finetune-{content_digest(files, CODE, settings)}"
+
+
+@task(name="fine-tune", cache_key_fn=_key, persist_result=True)
+def finetune(model: str, schema: str, library: str | None, holdout: str, folder: str,
+             rate: int, config: Config, run_id: str | None) -> dict[str, str]:
+    """Returns ``{"working": checkpoint at the working rate, "recording": one at ``rate``}``."""
+    work = Path(folder)
+    current = load_checkpoint(model).model
+    data = TrainingData(schema, library, [config.loop.target], work / "pools",
+                        config.train.pool_size, 1, config.train.pool_seconds,
+                        config.train.segment_s, config.train.batch_size, config.train.seed,
+                        config.train.workers)
+
+    def data_for(r: int):
+        return data(r)[0], holdout_pairs(Path(holdout), r, config)
+
+    batches, val = data_for(current.sample_rate)
+    logger = progress_logger(config, run_id, config.train.steps)
+    train(current, batches, val, config.train, Run(work / "train"), on_metrics=logger)
+    working = save_checkpoint(work / f"model-{current.sample_rate}.pt", current)
+    result = {"working": str(working), "recording": str(working)}
+    if config.loop.upscale and rate > current.sample_rate and rate in SUPPORTED_RATES:
+        high, _ = upscale(current, rate, data_for, config.upscale, config.train, work,
+                          progress_logger(config, run_id, config.upscale.new_layers_steps
+                                          + config.upscale.all_steps))
+        result["recording"] = str(save_checkpoint(work / f"model-{rate}.pt", high))
+    return result

@@ -1,0 +1,83 @@
+"""Prefect task: score one iteration's stems (pseudo-reference, artefacts, DNSMOS, quality)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from prefect import task
+from prefect.context import TaskRunContext
+
+import adapt.score
+from adapt.checkpoint import load_checkpoint
+from adapt.config import SUPPORTED_RATES, Config
+from adapt.metrics import si_sdr
+from adapt.model import frame_stride
+from adapt.score import pseudo_reference_si_sdr, quality_estimate, score_stems
+from datasets.adaptset import holdout_pairs
+from datasets.audio import read_audio
+from tasks.caching import content_digest
+
+AUDIO = (".wav", ".flac", ".ogg", ".aif", ".aiff")
+
+
+def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    config: Config = parameters["config"]
+    if not config.orchestration.cache:
+        return None
+    files = [*parameters["stems"].values(), parameters["recording"], parameters["model"],
+             parameters["holdout"]]
+    if parameters["reference"]:
+        files += sorted(p for p in Path(parameters["reference"]).iterdir()
+                        if p.suffix.lower() in AUDIO)
+    settings = (config.score, config.loop, config.model.latent_rate)
+    return f"score-{content_digest(files, (adapt.score,), settings)}"
+
+
+@task(name="score-iteration", cache_key_fn=_key, persist_result=True)
+def score_iteration(stems: dict[str, str], recording: str, model: str, holdout: str,
+                    reference: str | None, config: Config) -> dict[str, float]:
+    """Flat ``group/name`` metrics of one iteration, ``quality/estimate`` among them."""
+    audio = {name: read_audio(path)[0] for name, path in stems.items()}
+    mixture, rate = read_audio(recording)
+    separator = load_checkpoint(model).model
+    pseudo = pseudo_reference_si_sdr(separator, holdout_pairs(Path(holdout),
+                                                              separator.sample_rate, config))
+    hop = frame_stride(rate, config.model.latent_rate) if rate in SUPPORTED_RATES else None
+    scores = score_stems(audio, rate, mixture, tuple(config.score.speech_stems), hop,
+                         config.score.dnsmos, config.score.dnsmos_hop_s,
+                         config.score.click_threshold)
+    metrics = {"pseudo_reference/si_sdr": pseudo}
+    for stem, values in scores.items():
+        metrics.update({f"scores/{stem}/{k}": v for k, v in values.items()})
+    metrics.update(quality_estimate(pseudo, scores[config.loop.target], config.score.weights))
+    if reference:
+        metrics.update(reference_scores(audio, mixture, Path(reference), config.loop.target))
+    return metrics
+
+
+def reference_scores(stems: dict[str, torch.Tensor], mixture: torch.Tensor, folder: Path,
+                     target: str) -> dict[str, float]:
+    """True SI-SDR(i) of each stem against ground truth in ``folder`` (evaluation only).
+
+    A stem with a file of its own name is compared with it; the complement with the
+    sum of the reference files no stem is named after.
+    """
+    files = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in AUDIO}
+    truth = {name: read_audio(path)[0] for name, path in files.items()}
+    result = {}
+    for name, stem in stems.items():
+        if name in truth:
+            ref = truth[name]
+        else:
+            others = [t for n, t in truth.items() if n not in stems]
+            if not others:
+                continue
+            ref = sum(others)
+        if ref.shape != stem.shape:
+            continue
+        score = float(si_sdr(stem, ref).mean())
+        result[f"reference/si_sdr_{name}"] = score
+        result[f"reference/si_sdri_{name}"] = score - float(si_sdr(mixture, ref).mean())
+    return result
