@@ -54,6 +54,9 @@ def add_data_commands(sub: argparse._SubParsersAction,
     cmd.add_argument("recording")
     cmd.add_argument("--schema", help="schema to start from (default: mixbus.schema_path)")
     cmd.add_argument("--library", help="library whose material the EQ is matched against")
+    cmd.add_argument("--stem", action="append", default=[], metavar="TARGET=FILE",
+                     help="a crude stem of the recording (e.g. dialogue=stems/dialogue.wav); "
+                          "its loudness sets the level range of that target's node")
     cmd.add_argument("--out", required=True, help="matched schema YAML to write")
     add_config_args(cmd)
     cmd.set_defaults(handler=cmd_dataset_match)
@@ -119,11 +122,19 @@ def cmd_dataset_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset_match(args: argparse.Namespace) -> int:
+    from adapt.errors import UserError
     from datasets.match import match_recording
 
     config = _load(args)
     lib = Path(args.library) if args.library else None
-    report = match_recording(args.recording, schema_path(args, config), args.out, lib)
+    stems = {}
+    for item in args.stem:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"--stem {item!r}: expected TARGET=FILE, e.g. dialogue=dialogue.wav")
+        stems[name] = path
+    report = match_recording(args.recording, schema_path(args, config), args.out, lib, stems,
+                             config.mixbus.match_seconds)
     for key, value in report.items():
         out.print(f"{key:<16} {value}")
     out.print(f"matched schema: {args.out}")

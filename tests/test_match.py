@@ -79,3 +79,19 @@ def test_match_writes_a_valid_schema_with_fitted_ranges(tmp_path):
     rooms = [e for e in data["buses"][0]["children"][0]["children"][0]["effects"]
              if e["type"] == "room"]
     assert rooms[0]["rt60"][0] < 0.6 * 1.2 and rooms[0]["rt60"][1] > 0.6 * 0.8
+
+
+def test_match_cli_with_a_stem_sets_its_level(tmp_path):
+    from flows.cli import main
+
+    recording = degraded(tmp_path, *CASES[1])
+    stem = write_audio(tmp_path / "dialogue.wav", 0.05 * augment.coloured_noise(
+        22050 * 3, 22050, -3.0, torch.Generator().manual_seed(0))[None], 22050)
+    out = tmp_path / "matched.yaml"
+    assert main(["dataset", "match", str(recording), "--stem", f"dialogue={stem}",
+                 "--out", str(out)]) == 0
+    voices = yaml.safe_load(out.read_text())["buses"][0]["children"][0]
+    low, high = voices["lufs"]
+    assert high - low == pytest.approx(4.0) and -40 < low < -15
+    assert main(["dataset", "match", str(recording), "--stem", "nonsense",
+                 "--out", str(out)]) == 2
