@@ -169,12 +169,14 @@ def test_bad_schema_key_is_one_line_error_naming_it(edit, key):
     assert f"'{key}'" in message and message.startswith("my.yaml") and "\n" not in message
 
 
-def test_shipped_dialogue_schema_is_valid():
+def test_shipped_schemas_are_valid():
     from adapt.config import CONFIG_DIR, load_config
 
     schema = load_schema(CONFIG_DIR / load_config().mixbus.schema_path)
     assert [t.name for t in schema.targets] == ["dialogue", "music", "noise"]
     assert [b.name for b in schema.buses] == ["sources", "noise"]
+    for path in sorted((CONFIG_DIR / "mixbus").glob("*.yaml")):
+        assert load_schema(path).targets
 
 
 def test_dataloader_workers_give_the_same_examples(sources):
