@@ -146,6 +146,8 @@ def train(model: Separator, batches: Batches, val: list[tuple[torch.Tensor, torc
     reaches ``goal_si_sdr``. Returns ``{"step", "best_si_sdr", "stopped", "history"}``.
     """
     steps = steps if steps is not None else config.steps
+    if config.threads:  # on a shared 2-core machine, 1 thread beats 2 contended ones by 5x
+        torch.set_num_threads(config.threads)
     groups = parameter_groups(model, stage, lr or config.lr, inherited_lr_scale)
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     scheduler = _scheduler(optimizer, config, steps)

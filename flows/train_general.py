@@ -74,7 +74,9 @@ def _ship(rungs: list[dict[str, Any]], out: Path) -> list[Path]:
 
 
 def _config_id(config: Config) -> str:
-    relevant = (config.model, config.train, config.upscale, config.mixbus)
+    """What decides the result: not thread or worker counts, so those can change on resume."""
+    train = config.train.model_copy(update={"threads": 0, "workers": 1})
+    relevant = (config.model, train, config.upscale, config.mixbus)
     schema = (CONFIG_DIR / config.mixbus.schema_path).read_bytes()
     return hashlib.sha256(repr(relevant).encode() + schema).hexdigest()[:12]
 

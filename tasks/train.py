@@ -47,7 +47,8 @@ def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
     files = [Path(parameters["library"]) / "manifest.parquet"]
     if parameters.get("checkpoint"):
         files.append(Path(parameters["checkpoint"]))
-    settings = (config.model, config.train, config.upscale, config.mixbus,
+    train = config.train.model_copy(update={"threads": 0, "workers": 1})
+    settings = (config.model, train, config.upscale, config.mixbus,
                 parameters.get("rate"), str(parameters["folder"]))
     return f"{context.task.name}-{content_digest(files, CODE, settings)}"
 

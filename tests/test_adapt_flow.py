@@ -1,0 +1,145 @@
+"""End to end: the real ``adapt-recording`` flow at tiny scale (real Prefect, MLflow, audio,
+training), plus the kill-and-resume guarantee."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from adapt.checkpoint import load_checkpoint, save_checkpoint
+from adapt.config import load_config
+from adapt.model import build_model
+from tests.signals import speechlike
+
+RATE = 16000
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A 6 s 16 kHz 'dialogue over hum and hiss' recording, its truth, a tiny model."""
+    folder = tmp_path_factory.mktemp("recording")
+    rng = np.random.default_rng(0)
+    t = np.arange(6 * RATE) / RATE
+    voice = speechlike(RATE, 6.0, 1, peak=0.4)
+    rest = 0.05 * np.sin(2 * np.pi * 50 * t) + 0.01 * rng.standard_normal(len(t))
+    truth = folder / "truth"
+    truth.mkdir()
+    sf.write(truth / "dialogue.wav", voice.astype(np.float32), RATE, subtype="FLOAT")
+    sf.write(truth / "background.wav", rest.astype(np.float32), RATE, subtype="FLOAT")
+    mixture = (voice.astype(np.float32) + rest.astype(np.float32))
+    sf.write(folder / "scene.wav", mixture, RATE, subtype="FLOAT")
+    torch.manual_seed(0)
+    config = load_config("smoke").model.model_copy(update={"complement": "background"})
+    model = save_checkpoint(folder / "tiny.pt", build_model(config, RATE))
+    return folder / "scene.wav", truth, model
+
+
+def overrides(model: Path, library: Path, *extra: str) -> list[str]:
+    sets = [f"separate.model={model}", f"mixbus.library_dir={library}", "loop.patience=10",
+            *extra]
+    return [arg for item in sets for arg in ("--set", item)]
+
+
+@pytest.mark.slow
+def test_adapt_flow_delivers_stems_report_figures_and_mlflow_runs(
+        prefect_harness, tiny_library, recording, capsys):
+    from mlflow import MlflowClient
+
+    from flows.cli import main
+    from flows.state import state_dir, tracking_uri
+
+    source, truth, model = recording
+    before = source.read_bytes()
+    argv = ["adapt", str(source), "--config", "smoke", "--reference", str(truth),
+            *overrides(model, tiny_library)]
+    assert main(argv) == 0
+    assert source.read_bytes() == before  # the input is never modified
+    run_dir = next((state_dir() / "runs").glob("scene-*/run-*"))
+    report = json.loads((run_dir / "report.json").read_text())
+    assert len(report["iterations"]) == 3  # iteration 0 + loop.max_iterations (2)
+    best = report["best_iteration"]
+    estimates = [it["quality/estimate"] for it in report["iterations"]]
+    assert estimates[best] == max(estimates)
+    mixture, rate = sf.read(source, dtype="float32")
+    stems = {n: sf.read(p, dtype="float32") for n, p in report["final"].items()}
+    assert set(stems) == {"dialogue", "background"}
+    assert all(r == rate and s.shape == mixture.shape for s, r in stems.values())
+    assert np.abs(sum(s for s, _ in stems.values()) - mixture).max() < 1e-5
+    for k in range(3):
+        assert (run_dir / f"iter-{k:03d}" / "spectrograms" / "dialogue.png").stat().st_size > 0
+        assert "reference/si_sdr_dialogue" in report["iterations"][k]
+    assert (run_dir / "iter-001" / "model" / "model-16000.pt").is_file()
+    assert (run_dir / "iterations.png").is_file() and (run_dir / "curves.png").is_file()
+    client = MlflowClient(tracking_uri(state_dir()))
+    parent = client.get_run(report["mlflow_run_id"])
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 3
+    assert parent.data.tags["stemloop.recording_sha256"] == report["recording_sha256"]
+    history = client.get_metric_history(parent.info.run_id, "quality/estimate")
+    assert [m.step for m in history] == [0, 1, 2]
+    assert "cull/coverage_target" in children[0].data.metrics
+    capsys.readouterr()
+    assert main(argv) == 0  # a rerun is served from the cache and delivers the same stems
+    again = json.loads((run_dir / "report.json").read_text())
+    assert [it["quality/estimate"] for it in again["iterations"]] == estimates
+
+
+def _final(state: Path) -> dict[str, np.ndarray]:
+    report = json.loads(next((state / "runs").glob("scene-*/run-*/report.json")).read_text())
+    return {n: sf.read(p, dtype="float32")[0] for n, p in report["final"].items()}
+
+
+@pytest.mark.slow
+def test_sigkill_during_fine_tuning_then_rerun_matches_an_uninterrupted_run(
+        tiny_library, recording, tmp_path):
+    source, _, model = recording
+    extra = ("train.steps=40", "train.checkpoint_every=2", "train.threads=1",
+             "orchestration.state_dir=", "tracking.enabled=false")
+    command = [sys.executable, "-m", "flows.cli", "adapt", str(source), "--config", "smoke",
+               *overrides(model, tiny_library, *extra)]
+
+    def run(state: Path, **kwargs):
+        env = {**os.environ, "STEMLOOP_HOME": str(state)}
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, **kwargs)
+
+    whole = run(tmp_path / "whole")
+    assert whole.wait(timeout=600) == 0, whole.stdout.read()
+    killed = run(tmp_path / "killed")
+    deadline = time.monotonic() + 600
+    checkpoint = None
+    while time.monotonic() < deadline and killed.poll() is None:
+        found = list((tmp_path / "killed" / "runs").glob("scene-*/run-*/iter-002/model/train/"
+                                                         "last.pt"))
+        if found:
+            checkpoint = found[0]
+            break
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert checkpoint is not None, "the run ended before iteration 2's fine-tuning"
+    step = load_checkpoint(checkpoint).train_state["step"]
+    assert 2 <= step < 40
+    resumed = run(tmp_path / "killed")
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output
+    assert output.count("Cached(type=COMPLETED)") >= 6  # iterations 0-1: every stage cached
+    logged = [int(m) for m in re.findall(r"step (\d+)/40", output)]
+    assert logged and min(logged) > step  # fine-tuning resumed after its last checkpoint
+    expected, got = _final(tmp_path / "whole"), _final(tmp_path / "killed")
+    assert set(got) == set(expected)
+    for name in expected:
+        assert np.array_equal(got[name], expected[name]), name
