@@ -9,10 +9,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-# Debian packages used by the data engine (speech voices, music rendering, sox).
+# Debian packages used by the data engine (speech voices, music rendering, sox); the second
+# group is held-out material for bench/demo_set.py (~38 MB download, ~80 MB installed).
 DEBS := espeak-ng festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k flite \
         fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small \
-        fillets-ng-data
+        fillets-ng-data \
+        asterisk-core-sounds-en-wav asterisk-prompt-fr-armelle pocketsphinx-testdata \
+        festival-czech festvox-czech-machac festvox-italp16k csound-soundfont sox
 
 # pip's notes about this machine's optional local package mirrors are noise.
 QUIET := { grep -v -e 'is ignored: it is neither a file nor a directory' -e '^ *$$' || true; }
