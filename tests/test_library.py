@@ -77,3 +77,34 @@ def test_dialogue_schema_renders_from_the_library(tiny_library):
             assert torch.allclose(targets.sum(0), mixture, atol=1e-5)
     again = MixDataset(schema, tiny_library, 6, 16000, 2.0, seed=5)
     assert torch.equal(again[2][0], data[2][0])
+
+
+@pytest.mark.parametrize("engine", ["festival", "flite", "espeak-ng"])
+def test_each_speech_engine_speaks(engine, tmp_path):
+    import random
+
+    import soundfile as sf
+
+    from datasets.speech import ENGINES
+
+    wav = tmp_path / "out.wav"
+    meta = ENGINES[engine]("The bridge over the river was finally open.", wav,
+                           random.Random(0), 60.0)
+    data, rate = sf.read(str(wav))
+    assert meta["gender"] in ("female", "male")
+    assert len(data) / rate > 1.0 and np.abs(data).max() > 0.01
+
+
+def test_each_soundfont_renders_a_part(tmp_path):
+    import random
+
+    from datasets.music import _midi, _render, available_soundfonts
+
+    notes = [(0.0, 1.0, [60]), (1.0, 1.0, [64, 67]), (2.0, 0.0, [72])]  # last: a grace note
+    midi = tmp_path / "part.mid"
+    _midi(notes, 40, 0, 120.0, 0.0, 4.0, random.Random(0), midi)
+    fonts = available_soundfonts()
+    assert "FluidR3_GM" in fonts
+    for path, _ in fonts.values():
+        audio = _render(midi, path, 16000, 60.0, 5.0)
+        assert 1.0 < len(audio) / 16000 <= 5.0 and np.abs(audio).max() > 0.001
