@@ -44,13 +44,25 @@ SPECS = (
     MixSpec("interview-en", 606, ("allison", "librivox"), "ryansMammoth", "AcaciaReel.abc",
             "pluck", 40.0, 16000),
 )
-# What the general model's library is made of (datasets/speech.py, datasets/music.py).
-LIBRARY_FONTS = ("FluidR3_GM", "TimGM6mb", "MuseScore_General_Lite")
+# The festival voices used here; a library manifest that names them is not held out.
+HELD_OUT_VOICES = ("czech_machac", "lp_diphone")
+DEFAULT_MANIFEST = ROOT / ".stemloop" / "library" / "manifest.parquet"
 
 
-def check_held_out(specs: tuple[MixSpec, ...]) -> None:
-    """Refuse a spec that uses a composer the library is configured with."""
+def check_held_out(specs: tuple[MixSpec, ...], manifest: Path | None = None) -> None:
+    """Refuse a spec whose composer the library is configured with or, given a built
+    library's manifest, whose composer, soundfont or festival voice it contains."""
     composers = set(load_config().mixbus.library.composers)
+    used: dict[str, set] = {"composer": set(), "soundfont": set(), "voice": set()}
+    if manifest is not None and manifest.is_file():
+        import pandas as pd
+
+        rows = pd.read_parquet(manifest)
+        used = {k: set(rows[k].dropna()) if k in rows else set() for k in used}
+    composers |= used["composer"]
+    clash = used["voice"] & set(HELD_OUT_VOICES) or used["soundfont"] & {"sf_GMbank"}
+    if clash:
+        raise SystemExit(f"{manifest} already holds {sorted(clash)}: not held out")
     for spec in specs:
         if spec.composer in composers:
             raise SystemExit(f"{spec.name}: composer {spec.composer} is in the general "
@@ -68,8 +80,8 @@ def verify(folder: Path) -> float:
     return float(np.max(np.abs(mixture - total)))
 
 
-def build(out: Path, specs: tuple[MixSpec, ...]) -> None:
-    check_held_out(specs)
+def build(out: Path, specs: tuple[MixSpec, ...], manifest: Path | None = None) -> None:
+    check_held_out(specs, manifest)
     for spec in specs:
         start = time.perf_counter()
         stems, meta = build_mixture(spec)
@@ -88,11 +100,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--only", nargs="*", default=None, help="mixture names to build")
+    parser.add_argument("--library-manifest", type=Path, default=DEFAULT_MANIFEST,
+                        help="a built library's manifest.parquet to check against, if present")
     args = parser.parse_args()
     specs = tuple(s for s in SPECS if args.only is None or s.name in args.only)
     if not specs:
         raise SystemExit(f"--only matches none of {[s.name for s in SPECS]}")
-    build(args.out, specs)
+    build(args.out, specs, args.library_manifest)
     print(f"wrote {len(specs)} mixtures to {args.out}")
 
 
