@@ -32,6 +32,8 @@ def use_state_dir(state: Path, config: Config | None = None) -> Path:
     os.environ.setdefault("PREFECT_HOME", str(state / "prefect"))
     # Without this a fresh ephemeral API logs "database is locked" tracebacks.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The ephemeral API gets 20 s to start by default: too little on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(state, config))
     os.environ.setdefault("MLFLOW_ARTIFACTS_DESTINATION", str(state / "mlartifacts"))

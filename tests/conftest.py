@@ -13,6 +13,7 @@ from tests.signals import sine  # noqa: F401  (re-exported for tests)
 
 # Before anything imports Prefect: a fresh ephemeral API otherwise logs "database is locked".
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 @pytest.fixture
