@@ -4,10 +4,12 @@ A ``Schema`` has top-level buses (typically Sources and Noise), each a ``Node``
 that is either fed (library query, a list of files, or synthesised noise) or
 sums its children. Every node may be absent (``probability``), stack
 ``layers``, run an effects chain with randomisation ranges and be set to a
-level (LUFS, or a gain in dB). After the buses are summed, the ``post`` chain
-degrades the whole mix. Targets name nodes: ``clean: false`` is the node as it
-sounds in the mixture; ``clean: true`` is the node without its degrading
-effects and without the post chain (dereverberation, unfiltering; patent 2.4b).
+level: ``lufs`` (absolute), ``rel_db`` (LUFS relative to the nearest ancestor's
+drawn level, so siblings keep drawn ratios) and/or ``gain_db`` (added). After
+the buses are summed, the ``post`` chain degrades the whole mix. Targets name
+nodes: ``clean: false`` is the node as it sounds in the mixture; ``clean: true``
+is the node without its degrading effects and without the post chain
+(dereverberation, unfiltering; patent 2.4b).
 
 ``render`` draws every parameter from the caller's ``torch.Generator``, in tree
 order, then applies it: same generator state, same bytes. Linear effects keep
@@ -56,6 +58,7 @@ class Node:
     feed: Feed | None = None
     layers: tuple[int, int] = (1, 1)
     lufs: Range | None = None
+    rel_db: Range | None = None  # loudness relative to the nearest ancestor's drawn LUFS
     gain_db: Range | None = None
     probability: float = 1.0
     effects: tuple[Effect, ...] = ()
@@ -95,6 +98,7 @@ class Provider(Protocol):
 
 
 LIST_PARAMS = {"bands_hz", "gains_db"}
+REFERENCE_LUFS = -23.0  # what a top-level ``rel_db`` is relative to (EBU R 128 programme level)
 # kind: (parameter defaults, linear, applied to the clean version by default)
 EFFECTS: dict[str, tuple[dict[str, float], bool, bool]] = {
     "gain": ({"db": 0.0}, True, True),
@@ -196,15 +200,17 @@ def _chain(effects: tuple[Effect, ...], wet: torch.Tensor, dry: torch.Tensor | N
     return wet, dry, record
 
 
-def _render_node(node: Node, path: str, ctx: _Context, active: bool = True
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def _render_node(node: Node, path: str, ctx: _Context, active: bool = True,
+                 reference: float = REFERENCE_LUFS) -> tuple[torch.Tensor, torch.Tensor]:
     """A node's (wet, clean) audio ``(channels, time)``; records outputs and drawn params.
 
-    A node whose parent is absent is absent too: silent, recorded, nothing applied.
+    A node whose parent is absent is absent too: silent, recorded, nothing applied. Its
+    level is drawn before its children, so that their ``rel_db`` can refer to it.
     """
     silent = torch.zeros(ctx.channels, ctx.length)
     present = float(torch.rand(1, generator=ctx.gen)) < node.probability and active
     record: dict[str, Any] = {"present": present}
+    level = _draw_level(node, ctx.gen, reference) if present else {}
     if present and node.feed is not None:
         count = int(torch.randint(node.layers[0], node.layers[1] + 1, (1,), generator=ctx.gen))
         drawn = {name: draw_value(v, name, ctx.gen) for name, v in node.feed.params}
@@ -216,11 +222,13 @@ def _render_node(node: Node, path: str, ctx: _Context, active: bool = True
         wet = silent.clone()
     dry = wet.clone()
     for child in node.children:
-        child_wet, child_dry = _render_node(child, f"{path}/{child.name}", ctx, present)
+        child_wet, child_dry = _render_node(child, f"{path}/{child.name}", ctx, present,
+                                            level.get("lufs", reference))
         wet, dry = wet + child_wet, dry + child_dry
     if present:
         wet, dry, record["effects"] = _chain(node.effects, wet, dry, ctx)
-        wet, dry, record["level"] = _level(node, wet, dry, ctx)
+        wet, dry = _level(level, wet, dry, ctx.rate)
+        record["level"] = level
     else:
         wet, dry = silent.clone(), silent.clone()
     ctx.outputs[path] = (wet, dry)
@@ -228,20 +236,28 @@ def _render_node(node: Node, path: str, ctx: _Context, active: bool = True
     return wet, dry
 
 
-def _level(node: Node, wet: torch.Tensor, dry: torch.Tensor, ctx: _Context
-           ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-    """Scale wet and clean by one gain: to a drawn LUFS, or by a drawn dB."""
-    record: dict[str, float] = {}
-    gain_db = 0.0
+def _draw_level(node: Node, gen: torch.Generator, reference: float) -> dict[str, float]:
+    """The node's target loudness (absolute, or ``reference`` + a drawn offset) and gain."""
+    level: dict[str, float] = {}
     if node.lufs is not None:
-        record["lufs"] = _uniform(node.lufs, "lufs", ctx.gen)
-        measured = loudness(wet, ctx.rate)
-        gain_db = record["lufs"] - measured if math.isfinite(measured) else 0.0
+        level["lufs"] = _uniform(node.lufs, "lufs", gen)
+    elif node.rel_db is not None:
+        level["rel_db"] = _uniform(node.rel_db, "rel_db", gen)
+        level["lufs"] = reference + level["rel_db"]
     if node.gain_db is not None:
-        record["gain_db"] = _uniform(node.gain_db, "gain_db", ctx.gen)
-        gain_db += record["gain_db"]
+        level["gain_db"] = _uniform(node.gain_db, "gain_db", gen)
+    return level
+
+
+def _level(level: dict[str, float], wet: torch.Tensor, dry: torch.Tensor, rate: int
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale wet and clean by one gain: wet to the drawn LUFS, then the drawn dB."""
+    gain_db = level.get("gain_db", 0.0)
+    if "lufs" in level:
+        measured = loudness(wet, rate)
+        gain_db += level["lufs"] - measured if math.isfinite(measured) else 0.0
     scale = 10.0 ** (gain_db / 20.0)
-    return wet * scale, dry * scale, record
+    return wet * scale, dry * scale
 
 
 def render(schema: Schema, provider: Provider, gen: torch.Generator, rate: int,

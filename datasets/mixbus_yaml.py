@@ -19,7 +19,8 @@ from datasets.mixbus import EFFECTS, LIST_PARAMS, Effect, Feed, Node, Schema, Ta
 SYNTHS = {"hiss": {"slope_db_oct"}, "hum": {"f0_hz", "harmonics", "tilt_db"},
           "crackle": {"density"}, "tape": set(), "roomtone": set()}
 _TOP = {"channels", "buses", "targets", "post", "description"}
-_NODE = {"name", "children", "feed", "layers", "lufs", "gain_db", "probability", "effects"}
+_NODE = {"name", "children", "feed", "layers", "lufs", "rel_db", "gain_db", "probability",
+         "effects"}
 _FEED = {"query", "files", "synth", "params", "group"}
 
 
@@ -127,11 +128,15 @@ class _Reader:
         if not isinstance(children, list):
             raise self.fail(f"{key}.children", "must be a list of nodes")
         layers = self.range(data.get("layers", 1), f"{key}.layers", 0, 64)
+        if "lufs" in data and "rel_db" in data:
+            raise self.fail(f"{key}.rel_db", "cannot be given with lufs; choose one")
         return Node(name, tuple(self.node(c, f"{key}.children[{i}]", key, base)
                                 for i, c in enumerate(children)),
                     self.feed(data["feed"], f"{key}.feed", base) if "feed" in data else None,
                     (int(layers[0]), int(layers[1])),
                     self.range(data["lufs"], f"{key}.lufs", -90, 0) if "lufs" in data else None,
+                    (self.range(data["rel_db"], f"{key}.rel_db", -90, 40)
+                     if "rel_db" in data else None),
                     (self.range(data["gain_db"], f"{key}.gain_db", -120, 60)
                      if "gain_db" in data else None),
                     self.number(data.get("probability", 1.0), f"{key}.probability", 0, 1),

@@ -101,6 +101,21 @@ def test_drawn_lufs_is_met(sources):
         assert abs(loudness(example.targets[0], RATE) - drawn) < 0.5
 
 
+def test_relative_levels_keep_the_drawn_ratio(sources):
+    data = schema_dict(post=[])
+    voices = data["buses"][0]["children"][0]
+    voices.pop("lufs")
+    voices["rel_db"] = [-12, -6]
+    data["buses"][0]["lufs"] = [-24, -20]  # 'sources' sets the reference for its children
+    data["buses"][0]["children"][1] = {"name": "music", "feed": {"files": ["music.wav"]},
+                                       "rel_db": 0}
+    for i in range(3):
+        example = dataset(sources, data, seconds=3.0).example(i)
+        drawn = example.params["nodes"]["sources/voices"]["level"]["rel_db"]
+        ratio = loudness(example.targets[0], RATE) - loudness(example.targets[1], RATE)
+        assert -12 <= drawn <= -6 and abs(ratio - drawn) < 0.5
+
+
 def test_probability_zero_and_one(sources):
     never = dataset(sources, schema_dict(probability=0.0))
     always = dataset(sources, schema_dict(probability=1.0))
