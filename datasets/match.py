@@ -286,17 +286,20 @@ def apply_match(schema: dict[str, Any], m: Match) -> dict[str, Any]:
                 effect["rt60"] = _around(m.rt60_s, 0.15)
     if "noise/hiss" in nodes and _finite(m.noise_lufs):
         level = m.noise_lufs
+        nodes["noise/hiss"].pop("rel_db", None)
         nodes["noise/hiss"]["lufs"] = [round(level - 3, 1), round(min(level + 3, 0), 1)]
     if "noise/hum" in nodes:
         hum = nodes["noise/hum"]
         hum["probability"] = 1.0 if m.hum_hz else 0.0
         if m.hum_hz and _finite(m.hum_dbfs):
             hum.setdefault("feed", {}).setdefault("params", {})["f0_hz"] = _around(m.hum_hz, 0.004)
+            hum.pop("rel_db", None)
             hum["lufs"] = [round(m.hum_dbfs - 4, 1), round(min(m.hum_dbfs + 2, 0), 1)]
     targets = out.get("targets") or {}
     for name, level in m.stem_lufs.items():
         bus = (targets.get(name) or {}).get("bus")
         if bus in nodes and _finite(level):
+            nodes[bus].pop("rel_db", None)  # the measured level replaces a relative one
             nodes[bus]["lufs"] = [round(level - 2, 1), round(min(level + 2, 0), 1)]
     return out
 
