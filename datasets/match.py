@@ -80,7 +80,11 @@ def divergence(freqs: np.ndarray, rec_db: np.ndarray, ref_db: np.ndarray | None
                ) -> tuple[np.ndarray, np.ndarray]:
     """Smoothed recording-minus-reference spectrum (dB) on a 1/48-octave grid."""
     grid, rec = _smooth_log(freqs, rec_db)
-    return grid, rec - (_smooth_log(freqs, ref_db)[1] if ref_db is not None else 0.0)
+    if ref_db is None:
+        return grid, rec
+    ref = _smooth_log(freqs, np.nan_to_num(ref_db, nan=-200.0))[1]
+    ref[grid > freqs[np.isfinite(ref_db)].max()] = np.nan  # beyond the library's bandwidth
+    return grid, rec - ref
 
 
 def _edge_models(f: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +117,7 @@ def band_limits(grid: np.ndarray, div: np.ndarray) -> tuple[float | None, float 
     over Butterworth cutoffs and orders) to the spectrum above its floor; an edge counts
     only if the fitted filter cuts ≥ 10 dB inside the band measured. Returns the edges and
     the fitted model on ``grid`` (dB)."""
-    usable = (grid >= 45) & (div > np.percentile(div, 2) + 10)
+    usable = (grid >= 45) & (div > np.nanpercentile(div, 2) + 10)  # NaN: no reference
     f, y = grid[usable], div[usable]
     x = np.log2(f)
     hp_models, hp_cuts = _edge_models(f, "highpass")
@@ -134,12 +138,13 @@ def eq_gains(grid: np.ndarray, div: np.ndarray, shape: np.ndarray, low: float | 
     """Octave-band gains of what the fitted edges and tilt leave, inside the passband,
     clipped to ±12 dB (room colouration, or a mismatch with the library's spectrum)."""
     rest = div - shape
-    rest -= np.median(rest[(grid > 300) & (grid < 2000)])
+    rest -= np.nanmedian(rest[(grid > 300) & (grid < 2000)])
     bands = [f for f in EQ_BANDS if f < grid[-1] / 1.41 and (low is None or f > 1.5 * low)
              and (high is None or f < high / 1.5)]
-    gains = [float(np.clip(np.median(rest[(grid > f / 1.41) & (grid < f * 1.41)]), -12, 12))
+    gains = [float(np.clip(np.nanmedian(rest[(grid > f / 1.41) & (grid < f * 1.41)]), -12, 12))
              for f in bands]
-    return bands, gains
+    keep = [i for i, g in enumerate(gains) if np.isfinite(g)]
+    return [bands[i] for i in keep], [gains[i] for i in keep]
 
 
 def noise_floor(audio: np.ndarray, rate: int) -> tuple[float, float]:
@@ -205,7 +210,11 @@ def estimate_rt60(audio: np.ndarray, rate: int) -> float | None:
 
 
 def reference_spectrum(library: Path | None, rate: int, nperseg: int) -> np.ndarray | None:
-    """Mean long-term spectrum of up to 24 speech and music files of a library."""
+    """Mean long-term spectrum (dB) of up to 24 speech and music files of a library.
+
+    Files are taken from the highest sample rate the library has up to ``rate``; above
+    0.45 × that rate the reference is NaN (no library material there to compare with).
+    """
     if library is None:
         return None
     from datasets.library import Library
@@ -213,13 +222,21 @@ def reference_spectrum(library: Path | None, rate: int, nperseg: int) -> np.ndar
 
     lib = Library(library)
     rows = lib.manifest[lib.manifest["class"].isin(["speech", "music"])]
+    if rows.empty:
+        return None
+    top = rows["rate"][rows["rate"] <= rate].max() if (rows["rate"] <= rate).any() \
+        else rows["rate"].max()
+    rows = rows[rows["rate"] >= top]
     rows = rows.sample(min(24, len(rows)), random_state=0)
     spectra = []
     for _, row in rows.iterrows():
         audio, file_rate = read_audio(lib.path(row))
         mono = resample(audio.mean(0), file_rate, rate).numpy()[: 30 * rate]
-        spectra.append(10 ** (spectrum_db(mono, rate, nperseg)[1] / 10))
-    return 10 * np.log10(np.mean(spectra, axis=0) + 1e-20) if spectra else None
+        freqs, db = spectrum_db(mono, rate, nperseg)
+        spectra.append(10 ** (db / 10))
+    reference = 10 * np.log10(np.mean(spectra, axis=0) + 1e-20)
+    reference[freqs > 0.45 * top] = np.nan
+    return reference
 
 
 def analyse(recording: str | Path, library: Path | None = None,
