@@ -12,6 +12,11 @@ demo set (``bench/demo_set.py``). The stems sum exactly to the recording.
 
 Writes examples/unseen-dialogue.flac, examples/unseen-truth/{dialogue,music,noise}.flac
 and examples/unseen-truth/meta.json.
+
+Material and licences (per the Debian copyright files): voice prompts by Allison
+Smith, Asterisk core sounds, CC-BY-SA 3.0; festival Italian voice lp_diphone
+(festvox-italp16k), GPL-2+; csound's sf_GMbank.sf2 (csound-soundfont), LGPL-2.1+;
+the score from music21's corpus (public domain).
 """
 
 from __future__ import annotations
