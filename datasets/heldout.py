@@ -8,9 +8,9 @@ bach … mozart through FluidR3_GM, TimGM6mb and MuseScore_General_Lite. Here:
   ``asterisk-core-sounds-en-wav``, CC-BY-SA 3.0), Armelle Desjardins' Asterisk
   prompts (French, ``asterisk-prompt-fr-armelle``, BSD-style), LibriVox readings
   from ``pocketsphinx-testdata`` (public domain) — and festival voices in other
-  languages (Czech ``festvox-czech-machac``, Italian ``festvox-italp16k``);
+  languages (Czech ``festvox-czech-machac``, GPL-3; Italian ``festvox-italp16k``, GPL-2+);
 - music: other music21 composers rendered with csound's ``sf_GMbank.sf2``
-  (``csound-soundfont``) or with a small additive / plucked-string synth below.
+  (``csound-soundfont``, LGPL-2.1+) or with a small additive / plucked-string synth below.
 
 Every function returns mono float64 at the requested rate.
 """
