@@ -50,6 +50,9 @@ class ModelConfig(Section):
     rnn: Literal["lstm", "gru"]
     bidirectional: bool
     chunk_frames: int = Field(ge=4, le=4096, multiple_of=2)
+    # 0 = the core is as wide as the encoder. A default here (unlike elsewhere) so that
+    # checkpoints written before the field existed still load.
+    bottleneck: int = Field(0, ge=0, le=1024)
 
 
 class SeparateConfig(Section):

@@ -135,17 +135,20 @@ class Core(nn.Module):
         super().__init__()
         self.chunk = config.chunk_frames
         self.hop = config.chunk_frames // 2
+        width = config.bottleneck or config.channels
         self.norm = nn.LayerNorm(config.channels)
+        # An overcomplete encoder resolves harmonics; a narrow bottleneck keeps the RNNs cheap.
+        self.squeeze = nn.Linear(config.channels, width) if config.bottleneck else nn.Identity()
         self.blocks = nn.ModuleList(
-            DualPathBlock(config.channels, config.hidden, config.rnn, config.bidirectional)
+            DualPathBlock(width, config.hidden, config.rnn, config.bidirectional)
             for _ in range(config.layers))
-        self.out = nn.Sequential(nn.PReLU(), nn.Linear(config.channels, config.channels))
+        self.out = nn.Sequential(nn.PReLU(), nn.Linear(width, config.channels))
         self.register_buffer("window", torch.hann_window(self.chunk, periodic=True) + 1e-4,
                              persistent=False)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         batch, features, frames = latent.shape
-        x = self.norm(latent.transpose(1, 2))  # (batch, frames, features)
+        x = self.squeeze(self.norm(latent.transpose(1, 2)))  # (batch, frames, width)
         right = self.hop + (-(frames + 2 * self.hop - self.chunk)) % self.hop
         x = F.pad(x, (0, 0, self.hop, right))  # (batch, padded, features)
         chunks = x.unfold(1, self.chunk, self.hop).transpose(2, 3)  # (batch, n, chunk, features)

@@ -64,6 +64,16 @@ def adapt_recording(recording: str, config_path: str | None = None,
                            {"stemloop.recording_sha256": digest, "stemloop.flow": "adapt"})
     matched = match_schema(recording, digest, config.mixbus.schema_path, library,
                            str(run_dir / "matched.yaml"))
+    stages: dict[str, float] = {}
+
+    def timed(stage: str, fn, *args):
+        """Run one stage and add its wall time to ``stages`` (for the overhead figure)."""
+        begin = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            stages[stage] = stages.get(stage, 0.0) + time.monotonic() - begin
+
     history: list[dict[str, float]] = []
     stems_by_iteration: list[dict[str, str]] = []
     stopped = "max_iterations"
@@ -71,15 +81,17 @@ def adapt_recording(recording: str, config_path: str | None = None,
         folder = run_dir / f"iter-{k:03d}"
         child = tracker.start(f"iteration-{k}", {"model": model_rec}, parent=parent)
         log.info("iteration %d: separating with %s", k, Path(model_rec).name)
-        record = separate_file(recording, str(folder / "stems"), model_rec, None, None, config)
-        data = build_dataset(record.stems, k, config, str(folder / "dataset"), matched,
-                             str(run_dir / "holdout.json"))
-        metrics = score_iteration(record.stems, recording, model_work, data["holdout"],
-                                  reference, config)
+        record = timed("separate", separate_file, recording, str(folder / "stems"), model_rec,
+                       None, None, config)
+        data = timed("dataset", build_dataset, record.stems, k, config, str(folder / "dataset"),
+                     matched, str(run_dir / "holdout.json"))
+        metrics = timed("score", score_iteration, record.stems, recording, model_work,
+                        data["holdout"], reference, config)
         metrics.update({f"cull/coverage_{k2}": v for k2, v in data["coverage"].items()})
         metrics.update({f"cull/seconds_{k2}": v for k2, v in data["seconds"].items()})
         write_json(folder / "scores.json", metrics)
-        _log_iteration(tracker, child, parent, metrics, k, record.stems, folder, config)
+        timed("tracking", _log_iteration, tracker, child, parent, metrics, k, record.stems,
+              folder, config)
         history.append(metrics)
         stems_by_iteration.append(record.stems)
         log.info("iteration %d: quality %.2f, pseudo-reference SI-SDR %.2f dB", k,
@@ -92,13 +104,15 @@ def adapt_recording(recording: str, config_path: str | None = None,
             break
         log.info("iteration %d: fine-tuning on %.1f s of culled target", k,
                  data["seconds"]["target"])
-        tuned = finetune(model_work, data["schema"], library, data["holdout"],
-                         str(run_dir / f"iter-{k + 1:03d}" / "model"), info.sample_rate,
-                         config, child)
+        tuned = timed("finetune", finetune, model_work, data["schema"], library,
+                      data["holdout"], str(run_dir / f"iter-{k + 1:03d}" / "model"),
+                      info.sample_rate, config, child)
         model_work, model_rec = tuned["working"], tuned["recording"]
         tracker.end(child)
-    report = deliver(run_dir, history, stems_by_iteration, stopped, recording, digest,
-                     parent, started, config)
+    report = timed("deliver", deliver, run_dir, history, stems_by_iteration, stopped,
+                   recording, digest, parent, started, config)
+    report["stages_s"] = {k: round(v, 1) for k, v in stages.items()}
+    write_json(run_dir / "report.json", report)
     tracker.artifact(parent, run_dir / "report.json")
     for png in ("iterations.png", "curves.png"):
         tracker.artifact(parent, run_dir / png, "figures")
