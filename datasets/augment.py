@@ -69,28 +69,35 @@ def bandpass(x: torch.Tensor, rate: int, low_hz: float, high_hz: float,
                           * butterworth(f, high_hz, order, "lowpass"))
 
 
+def peaking_gain(freqs: torch.Tensor, freq_hz: float, gain_db: float,
+                 width_oct: float = 1.0) -> torch.Tensor:
+    """A bell of ``gain_db`` at ``freq_hz``, Gaussian in log-frequency (``width_oct`` = std)."""
+    octaves = torch.log2(freqs.clamp(min=1.0) / freq_hz)
+    return 10.0 ** (gain_db * torch.exp(-0.5 * (octaves / width_oct) ** 2) / 20.0)
+
+
 def peaking(x: torch.Tensor, rate: int, freq_hz: float, gain_db: float,
             width_oct: float = 1.0) -> torch.Tensor:
-    """A bell of ``gain_db`` at ``freq_hz``, Gaussian in log-frequency (``width_oct`` = std)."""
-    def response(f: torch.Tensor) -> torch.Tensor:
-        octaves = torch.log2(f.clamp(min=1.0) / freq_hz)
-        return 10.0 ** (gain_db * torch.exp(-0.5 * (octaves / width_oct) ** 2) / 20.0)
-    return apply_response(x, rate, response)
+    return apply_response(x, rate, lambda f: peaking_gain(f, freq_hz, gain_db, width_oct))
+
+
+def band_eq_gain(freqs: torch.Tensor, centers_hz: list[float], gains_db: list[float]
+                 ) -> torch.Tensor:
+    """Gains at band centres, interpolated linearly in log-frequency, flat outside."""
+    if len(centers_hz) == 1:
+        return torch.full_like(freqs, 10.0 ** (gains_db[0] / 20.0))
+    logc = torch.log2(torch.tensor(centers_hz, dtype=torch.float64))
+    gains = torch.tensor(gains_db, dtype=torch.float64)
+    logf = torch.log2(freqs.clamp(min=1.0)).clamp(float(logc[0]), float(logc[-1]))
+    idx = torch.searchsorted(logc, logf).clamp(1, len(logc) - 1)
+    lo, hi = logc[idx - 1], logc[idx]
+    w = (logf - lo) / (hi - lo)
+    return 10.0 ** ((gains[idx - 1] * (1 - w) + gains[idx] * w) / 20.0)
 
 
 def band_eq(x: torch.Tensor, rate: int, centers_hz: list[float],
             gains_db: list[float]) -> torch.Tensor:
-    """EQ by gains at band centres, interpolated linearly in log-frequency, flat outside."""
-    logc = torch.log2(torch.tensor(centers_hz, dtype=torch.float64))
-    gains = torch.tensor(gains_db, dtype=torch.float64)
-
-    def response(f: torch.Tensor) -> torch.Tensor:
-        logf = torch.log2(f.clamp(min=1.0)).clamp(float(logc[0]), float(logc[-1]))
-        idx = torch.searchsorted(logc, logf).clamp(1, len(logc) - 1)
-        lo, hi = logc[idx - 1], logc[idx]
-        w = (logf - lo) / (hi - lo)
-        return 10.0 ** ((gains[idx - 1] * (1 - w) + gains[idx] * w) / 20.0)
-    return apply_response(x, rate, response)
+    return apply_response(x, rate, lambda f: band_eq_gain(f, centers_hz, gains_db))
 
 
 def gain(x: torch.Tensor, db: float) -> torch.Tensor:

@@ -147,21 +147,30 @@ def draw_effect(effect: Effect, gen: torch.Generator, length_s: float) -> dict[s
     return drawn
 
 
+FILTERS = {"lowpass", "highpass", "bandpass", "peaking", "eq"}
+
+
+def _response(p: dict[str, Any], rate: int):
+    """The magnitude response of a drawn filter effect, as ``freqs -> gains``."""
+    kind, top = p["type"], 0.49 * rate
+    if kind in ("lowpass", "highpass"):
+        return lambda f: augment.butterworth(f, min(p["cutoff_hz"], top), p["order"], kind)
+    if kind == "bandpass":
+        return lambda f: (augment.butterworth(f, p["low_hz"], p["order"], "highpass")
+                          * augment.butterworth(f, min(p["high_hz"], top), p["order"], "lowpass"))
+    if kind == "peaking":
+        return lambda f: augment.peaking_gain(f, p["freq_hz"], p["gain_db"], p["width_oct"])
+    return lambda f: augment.band_eq_gain(f, p["bands_hz"], p["gains_db"])
+
+
 def apply_effect(x: torch.Tensor, p: dict[str, Any], rate: int, ir: torch.Tensor | None
                  ) -> torch.Tensor:
     """Apply drawn parameters ``p`` to ``(..., time)`` audio."""
     kind = p["type"]
+    if kind in FILTERS:
+        return augment.apply_response(x, rate, _response(p, rate))
     if kind == "gain":
         return augment.gain(x, p["db"])
-    if kind in ("lowpass", "highpass"):
-        fn = augment.lowpass if kind == "lowpass" else augment.highpass
-        return fn(x, rate, min(p["cutoff_hz"], 0.49 * rate), p["order"])
-    if kind == "bandpass":
-        return augment.bandpass(x, rate, p["low_hz"], min(p["high_hz"], 0.49 * rate), p["order"])
-    if kind == "peaking":
-        return augment.peaking(x, rate, p["freq_hz"], p["gain_db"], p["width_oct"])
-    if kind == "eq":
-        return augment.band_eq(x, rate, p["bands_hz"], p["gains_db"])
     if kind == "room":
         return augment.convolve(x, ir, p["wet"]) if ir is not None else x
     if kind in ("soft_clip", "hard_clip"):
@@ -169,6 +178,41 @@ def apply_effect(x: torch.Tensor, p: dict[str, Any], rate: int, ir: torch.Tensor
         return fn(x, p["drive_db"])
     depth = -120.0 if kind == "gaps" else p["depth_db"]
     return x * augment.envelope_gaps(x.shape[-1], rate, p["starts_s"], p["spans_s"], depth)
+
+
+def apply_chain(x: torch.Tensor, plan: list[tuple[dict[str, Any], torch.Tensor | None]],
+                rate: int) -> torch.Tensor:
+    """Apply drawn effects in order; runs of filters share one FFT (their responses
+    multiply), which is exact for these zero-phase filters and several times faster."""
+    i = 0
+    while i < len(plan):
+        j = i
+        while j < len(plan) and plan[j][0]["type"] in FILTERS:
+            j += 1
+        if j > i + 1:
+            responses = [_response(p, rate) for p, _ in plan[i:j]]
+            x = augment.apply_response(x, rate, lambda f, rs=responses: math.prod(
+                (r(f) for r in rs), start=torch.ones_like(f)))
+            i = j
+        else:
+            x = apply_effect(x, plan[i][0], rate, plan[i][1])
+            i += 1
+    return x
+
+
+def _draw_chain(effects: tuple[Effect, ...], ctx: _Context
+                ) -> tuple[list[dict[str, Any]], list[tuple[Effect, dict[str, Any], Any]]]:
+    """Draw every effect of a chain (and its room IR): the record, and what is on."""
+    record, plan = [], []
+    for effect in effects:
+        p = draw_effect(effect, ctx.gen, ctx.length / ctx.rate)
+        ir = None
+        if p["on"] and effect.kind == "room":
+            ir, p["ir"] = ctx.provider.impulse(p["rt60"], ctx.gen, ctx.rate)
+        record.append(p)
+        if p["on"]:
+            plan.append((effect, p, ir))
+    return record, plan
 
 
 @dataclass
@@ -182,21 +226,13 @@ class _Context:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def _chain(effects: tuple[Effect, ...], wet: torch.Tensor, dry: torch.Tensor | None,
-           ctx: _Context) -> tuple[torch.Tensor, torch.Tensor | None, list[dict[str, Any]]]:
-    """Draw then apply a chain to ``wet`` (and to ``dry`` where the effect says so)."""
-    record = []
-    for effect in effects:
-        p = draw_effect(effect, ctx.gen, ctx.length / ctx.rate)
-        ir = None
-        if p["on"] and effect.kind == "room":
-            ir, p["ir"] = ctx.provider.impulse(p["rt60"], ctx.gen, ctx.rate)
-        record.append(p)
-        if not p["on"]:
-            continue
-        wet = apply_effect(wet, p, ctx.rate, ir)
-        if dry is not None and (EFFECTS[effect.kind][2] if effect.dry is None else effect.dry):
-            dry = apply_effect(dry, p, ctx.rate, ir)
+def _chain(effects: tuple[Effect, ...], wet: torch.Tensor, dry: torch.Tensor, ctx: _Context
+           ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+    """Draw a node's chain, then apply it to ``wet`` (and to ``dry`` where the effect says)."""
+    record, plan = _draw_chain(effects, ctx)
+    wet = apply_chain(wet, [(p, ir) for _, p, ir in plan], ctx.rate)
+    dry = apply_chain(dry, [(p, ir) for e, p, ir in plan
+                            if (EFFECTS[e.kind][2] if e.dry is None else e.dry)], ctx.rate)
     return wet, dry, record
 
 
@@ -267,22 +303,16 @@ def render(schema: Schema, provider: Provider, gen: torch.Generator, rate: int,
     mix = torch.zeros(schema.channels, length)
     for bus in schema.buses:
         mix = mix + _render_node(bus, bus.name, ctx)[0]
-    wets = {t.bus: ctx.outputs[t.bus][0] for t in schema.targets if not t.clean}
-    linear = True
-    post = []
-    for effect in schema.post:
-        p = draw_effect(effect, gen, length / rate)
-        ir = None
-        if p["on"] and effect.kind == "room":
-            ir, p["ir"] = provider.impulse(p["rt60"], gen, rate)
-        post.append(p)
-        if not p["on"]:
-            continue
-        mix = apply_effect(mix, p, rate, ir)
-        if EFFECTS[effect.kind][1]:
-            wets = {bus: apply_effect(w, p, rate, ir) for bus, w in wets.items()}
-        else:
-            linear = False
+    buses = sorted({t.bus for t in schema.targets if not t.clean})
+    post, plan = _draw_chain(schema.post, ctx)
+    mix = apply_chain(mix, [(p, ir) for _, p, ir in plan], rate)
+    linear = all(EFFECTS[e.kind][1] for e, _, _ in plan)
+    wets = {}
+    if buses:  # the targets as heard: the post chain's linear effects, all in one batch
+        stacked = torch.stack([ctx.outputs[bus][0] for bus in buses])
+        stacked = apply_chain(stacked, [(p, ir) for e, p, ir in plan if EFFECTS[e.kind][1]],
+                              rate)
+        wets = dict(zip(buses, stacked, strict=True))
     targets = torch.stack([ctx.outputs[t.bus][1] if t.clean else wets[t.bus]
                            for t in schema.targets])
     params = {"nodes": ctx.params, "post": post, "linear": linear}
