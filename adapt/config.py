@@ -53,6 +53,7 @@ class ModelConfig(Section):
     # 0 = the core is as wide as the encoder. A default here (unlike elsewhere) so that
     # checkpoints written before the field existed still load.
     bottleneck: int = Field(0, ge=0, le=1024)
+    encoder_init: Literal["random", "fourier"] = "random"  # default: as above, old checkpoints
 
 
 class SeparateConfig(Section):

@@ -29,6 +29,8 @@ this is what lets chunked inference match one-pass inference.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -205,6 +207,32 @@ class DirectHead(nn.Module):
         return self.proj(features).reshape(batch, self.targets, channels, frames)
 
 
+@torch.no_grad()
+def fourier_init(encoder: Encoder, decoder: Decoder) -> None:
+    """Start the ends as a tight frame: decoder(relu(encoder(x))) == x before any training.
+
+    Kernels of length K = 2·stride under a √Hann window hold ±cos and ±sin of the
+    odd-frequency DFT (frequencies 2π(k + ½)/K, k < K/2: an orthogonal basis of R^K).
+    ReLU of a + and − pair keeps both signs; the decoder holds the same kernels divided
+    by their energy, and √Hann² overlap-added at hop K/2 sums to one. With fewer than
+    2K filters only the lowest frequencies fit; filters beyond 2K keep their random init.
+    A mask of 1 is then the identity, so training starts from separating, not from
+    learning to reconstruct.
+    """
+    kernel, features = 2 * encoder.stride, encoder.conv.out_channels
+    n = torch.arange(kernel, dtype=torch.float64) + 0.5
+    window = torch.hann_window(kernel, periodic=True, dtype=torch.float64).sqrt()
+    count = min(features // 4, kernel // 2)
+    omega = 2 * math.pi * (torch.arange(count, dtype=torch.float64) + 0.5) / kernel
+    basis = torch.cat([torch.cos(omega[:, None] * n), torch.sin(omega[:, None] * n)])
+    analysis = torch.cat([basis, -basis]) * window  # (4·count, K): ± pairs
+    synthesis = analysis / (kernel / 2)  # each basis vector has energy K/2
+    encoder.conv.weight[: 4 * count, 0] = analysis.float()
+    decoder.conv.weight[: 4 * count, 0] = synthesis.float()
+    if features > 4 * count:
+        decoder.conv.weight[4 * count:] = 0.0  # extra filters start silent
+
+
 class Separator(nn.Module):
     """``mixture (batch, channels, time)`` → ``(batch, targets + 1, channels, time)``.
 
@@ -223,6 +251,8 @@ class Separator(nn.Module):
         head = MaskHead if config.head == "mask" else DirectHead
         self.head = head(config.channels, targets)
         self.decoder = Decoder(config.channels, self.stride)
+        if config.encoder_init == "fourier":
+            fourier_init(self.encoder, self.decoder)
 
     @property
     def sources(self) -> list[str]:
