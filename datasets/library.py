@@ -95,6 +95,9 @@ def render_room(job_id: str, seed: int, out: Path, rate: int) -> list[dict[str, 
            min(dims[1] - 0.2, max(0.2, source[1] + distance * math.sin(angle))), 1.2]
     room.add_source(source)
     room.add_microphone(mic)
+    # pyroomacoustics draws its randomised image sources from its own global generators
+    # (numpy's and C++'s): seed them from the job, so a library rebuilds bit-identically
+    pra.random.seed(seed % 2**32)
     room.compute_rir()
     ir = torch.tensor(room.rir[0][0], dtype=torch.float32)
     ir = ir[max(0, int(ir.abs().argmax()) - 8):]

@@ -108,3 +108,17 @@ def test_each_soundfont_renders_a_part(tmp_path):
     for path, _ in fonts.values():
         audio = _render(midi, path, 16000, 60.0, 5.0)
         assert 1.0 < len(audio) / 16000 <= 5.0 and np.abs(audio).max() > 0.001
+
+
+def test_room_and_noise_jobs_rebuild_bit_identically(tmp_path):
+    import soundfile as sf
+
+    from datasets.library import render_noise, render_room
+
+    rows = []
+    for folder in ("a", "b"):
+        rows.append(render_room("r", 11, tmp_path / folder, 16000)[0])
+        render_noise("n", 11, tmp_path / folder, "crackle", 16000, 2.0, -23.0)
+    for name in ("rooms/r.flac", "noise/n.flac"):
+        assert np.array_equal(sf.read(tmp_path / "a" / name)[0], sf.read(tmp_path / "b" / name)[0])
+    assert rows[0]["rt60"] == rows[1]["rt60"] > 0
