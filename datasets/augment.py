@@ -127,7 +127,10 @@ def convolve(x: torch.Tensor, ir: torch.Tensor, wet: float = 1.0) -> torch.Tenso
     path is expected at index 0, so timing is kept.
     """
     flat, shape = _flat(x)
-    rev = AF.fftconvolve(flat, ir.to(flat.dtype).expand(flat.shape[0], -1))[..., : shape[-1]]
+    # FFT size with small prime factors only: x + ir - 1 samples can be a large prime
+    n_fft = _fft_size(flat.shape[-1] + ir.shape[-1] - 1)
+    spectrum = torch.fft.rfft(flat, n=n_fft) * torch.fft.rfft(ir.to(flat.dtype), n=n_fft)
+    rev = torch.fft.irfft(spectrum, n=n_fft)[..., : shape[-1]]
     return (wet * rev + (1.0 - wet) * flat).reshape(shape)
 
 

@@ -68,14 +68,15 @@ def test_query_and_missing_library_error(tiny_library, tmp_path):
 
 def test_dialogue_schema_renders_from_the_library(tiny_library):
     schema = CONFIG_DIR / "mixbus" / "dialogue.yaml"
-    data = MixDataset(schema, tiny_library, 6, 16000, 2.0, seed=5)
-    for i in range(6):
-        mixture, targets = data[i]
+    data = MixDataset(schema, tiny_library, 4, 16000, 2.0, seed=5)
+    for i in range(4):
+        example = data.example(i)
+        mixture, targets = example.mixture, example.targets
         assert mixture.shape == (1, 32000) and targets.shape == (3, 1, 32000)
         assert torch.isfinite(mixture).all()
-        if data.example(i).params["linear"]:
+        if example.params["linear"]:
             assert torch.allclose(targets.sum(0), mixture, atol=1e-5)
-    again = MixDataset(schema, tiny_library, 6, 16000, 2.0, seed=5)
+    again = MixDataset(schema, tiny_library, 4, 16000, 2.0, seed=5)
     assert torch.equal(again[2][0], data[2][0])
 
 

@@ -117,13 +117,13 @@ def test_relative_levels_keep_the_drawn_ratio(sources):
 
 
 def test_probability_zero_and_one(sources):
-    never = dataset(sources, schema_dict(probability=0.0))
-    always = dataset(sources, schema_dict(probability=1.0))
+    never = dataset(sources, schema_dict(probability=0.0), seconds=0.5)
+    always = dataset(sources, schema_dict(probability=1.0), seconds=0.5)
     for i in range(8):
         assert never[i][1][0].abs().max() == 0
         assert always[i][1][0].abs().max() > 1e-3
-    present = [dataset(sources, schema_dict()).example(i).params["nodes"]["noise/hum"]["present"]
-               for i in range(16)]
+    some = dataset(sources, schema_dict(), seconds=0.5)
+    present = [some.example(i).params["nodes"]["noise/hum"]["present"] for i in range(16)]
     assert 0 < sum(present) < 16  # probability 0.5 gives both
 
 
