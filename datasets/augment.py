@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torchaudio.functional as AF
 
 
 def _flat(x: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
@@ -208,7 +207,7 @@ def crackle(length: int, rate: int, density_per_s: float, gen: torch.Generator
         size = torch.rand(count, generator=gen, dtype=torch.float64).clamp(min=1e-3) ** -1.5
         impulses.index_add_(0, where, sign * size.clamp(max=300.0))
     decay = torch.exp(-torch.arange(int(0.002 * rate) + 1, dtype=torch.float64) / (0.0003 * rate))
-    bursts = AF.fftconvolve(impulses, decay)[:length]
+    bursts = convolve(impulses, decay)
     out = highpass(bursts, rate, 800.0, 2.0)
     return (out / out.std().clamp(min=1e-12)).float() if count else out.float()
 
