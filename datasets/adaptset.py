@@ -205,9 +205,11 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
     piece = int(loop.segment_max_s * rate)
     segments = {}
     for name, stem in (("target", mine), ("complement", rest)):
-        found = cull(stem, rate, config.cull, iteration)
-        segments[name] = chop(apply_guidance(found, rate, list(guide.include),
-                                             list(guide.exclude)), piece)
+        found = apply_guidance(cull(stem, rate, config.cull, iteration), rate,
+                               list(guide.include), list(guide.exclude))
+        if name == "complement":
+            found = _where_target_absent(found, mine, rate, config, iteration)
+        segments[name] = chop(found, piece)
     if iteration == 0 or not holdout_file.exists():
         held = {name: split_holdout(segs, loop.holdout_fraction, config.train.seed + i)
                 for i, (name, segs) in enumerate(segments.items())}
@@ -246,6 +248,20 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
             "seconds": {name: sum(s.stop - s.start for s in segs) / rate
                         for name, segs in train.items()},
             "segments": {name: len(segs) for name, segs in train.items()}}
+
+
+def _where_target_absent(found: list[Segment], target: torch.Tensor, rate: int,
+                         config: Config, iteration: int) -> list[Segment]:
+    """Complement segments with the target's active stretches cut out (at a threshold 12 dB
+    below the target cull's, so faint leaked dialogue counts as present): background
+    material without dialogue in it. Falls back to ``found`` if that leaves < 2 s."""
+    from datasets.cull import cull
+
+    lenient = config.cull.model_copy(update={
+        "threshold_db": max(-120.0, config.cull.threshold_db - 12.0), "min_duration_s": 0.0})
+    present = [(s.start / rate, s.stop / rate) for s in cull(target, rate, lenient, iteration)]
+    absent = apply_guidance(found, rate, [], present)
+    return absent if sum(s.stop - s.start for s in absent) >= 2 * rate else found
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
