@@ -43,13 +43,26 @@ from tasks.separate import separate_file
 MODELS = Path(__file__).resolve().parent.parent / "models" / "general-dialogue-v1"
 
 
+class Stopwatch:
+    """Wall time per stage, for the report (and the Prefect + MLflow overhead figure)."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+
+    def __call__(self, stage: str, fn, *args):
+        begin = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            self.stages[stage] = self.stages.get(stage, 0.0) + time.monotonic() - begin
+
+
 @flow(name="adapt-recording", log_prints=False)
 def adapt_recording(recording: str, config_path: str | None = None,
                     overrides: list[str] | None = None, reference: str | None = None,
                     run_name: str | None = None) -> dict[str, Any]:
     """Adapt a model to ``recording`` and deliver its best stems; returns the report."""
     started = time.monotonic()
-    log = get_run_logger()
     config = load_config(config_path, overrides or [])
     info = probe(recording, config.io.min_duration_s)
     digest = file_digest(recording)
@@ -58,25 +71,35 @@ def adapt_recording(recording: str, config_path: str | None = None,
     library = ensure_library(config.mixbus.library_dir or str(state / "library"),
                              config.mixbus.library_hours, config.mixbus.seed,
                              config.mixbus.library)
-    model_work, model_rec = general_models(config, info.sample_rate)
     tracker = Tracker(config, state)
     parent = tracker.start(f"{run_dir.parent.name}/{run_dir.name}", _params(config, recording),
                            {"stemloop.recording_sha256": digest, "stemloop.flow": "adapt"})
-    matched = match_schema(recording, digest, config.mixbus.schema_path, library,
-                           str(run_dir / "matched.yaml"))
-    stages: dict[str, float] = {}
+    try:
+        matched = match_schema(recording, digest, config.mixbus.schema_path, library,
+                               str(run_dir / "matched.yaml"))
+        timed = Stopwatch()
+        history, stems, stopped = _iterate(recording, info.sample_rate, reference, config,
+                                           run_dir, library, matched, tracker, parent, timed)
+        report = timed("deliver", deliver, run_dir, history, stems, stopped, recording, digest,
+                       parent, started, config)
+        report["stages_s"] = {k: round(v, 1) for k, v in timed.stages.items()}
+        write_json(run_dir / "report.json", report)
+        _log_delivery(tracker, parent, run_dir, report["best_iteration"])
+    except BaseException:
+        tracker.end(parent, "FAILED")
+        raise
+    tracker.end(parent)
+    return report
 
-    def timed(stage: str, fn, *args):
-        """Run one stage and add its wall time to ``stages`` (for the overhead figure)."""
-        begin = time.monotonic()
-        try:
-            return fn(*args)
-        finally:
-            stages[stage] = stages.get(stage, 0.0) + time.monotonic() - begin
 
+def _iterate(recording: str, rate: int, reference: str | None, config: Config, run_dir: Path,
+             library: str, matched: str, tracker: Tracker, parent: str | None,
+             timed: Stopwatch) -> tuple[list[dict[str, float]], list[dict[str, str]], str]:
+    """The loop: every iteration's metrics and stems, and why it stopped."""
+    log = get_run_logger()
+    model_work, model_rec = general_models(config, rate)
     history: list[dict[str, float]] = []
-    stems_by_iteration: list[dict[str, str]] = []
-    stopped = "max_iterations"
+    stems: list[dict[str, str]] = []
     for k in range(config.loop.max_iterations + 1):
         folder = run_dir / f"iter-{k:03d}"
         child = tracker.start(f"iteration-{k}", {"model": model_rec}, parent=parent)
@@ -87,41 +110,37 @@ def adapt_recording(recording: str, config_path: str | None = None,
                      matched, str(run_dir / "holdout.json"))
         metrics = timed("score", score_iteration, record.stems, recording, model_work,
                         data["holdout"], reference, config)
-        metrics.update({f"cull/coverage_{k2}": v for k2, v in data["coverage"].items()})
-        metrics.update({f"cull/seconds_{k2}": v for k2, v in data["seconds"].items()})
+        metrics.update({f"cull/coverage_{n}": v for n, v in data["coverage"].items()})
+        metrics.update({f"cull/seconds_{n}": v for n, v in data["seconds"].items()})
         write_json(folder / "scores.json", metrics)
         timed("tracking", _log_iteration, tracker, child, parent, metrics, k, record.stems,
               folder, config)
         history.append(metrics)
-        stems_by_iteration.append(record.stems)
+        stems.append(record.stems)
         log.info("iteration %d: quality %.2f, pseudo-reference SI-SDR %.2f dB", k,
                  metrics["quality/estimate"], metrics["pseudo_reference/si_sdr"])
-        estimates = [h["quality/estimate"] for h in history]
-        if should_stop(estimates, config.loop.min_delta, config.loop.patience,
-                       config.loop.max_iterations):
-            stopped = "max_iterations" if k >= config.loop.max_iterations else "no_improvement"
+        if should_stop([h["quality/estimate"] for h in history], config.loop.min_delta,
+                       config.loop.patience, config.loop.max_iterations):
             tracker.end(child)
-            break
+            return history, stems, ("max_iterations" if k >= config.loop.max_iterations
+                                    else "no_improvement")
         log.info("iteration %d: fine-tuning on %.1f s of culled target", k,
                  data["seconds"]["target"])
         tuned = timed("finetune", finetune, model_work, data["schema"], library,
-                      data["holdout"], str(run_dir / f"iter-{k + 1:03d}" / "model"),
-                      info.sample_rate, config, child)
+                      data["holdout"], str(run_dir / f"iter-{k + 1:03d}" / "model"), rate,
+                      config, child)
         model_work, model_rec = tuned["working"], tuned["recording"]
         tracker.end(child)
-    report = timed("deliver", deliver, run_dir, history, stems_by_iteration, stopped,
-                   recording, digest, parent, started, config)
-    report["stages_s"] = {k: round(v, 1) for k, v in stages.items()}
-    write_json(run_dir / "report.json", report)
+    return history, stems, "max_iterations"
+
+
+def _log_delivery(tracker: Tracker, parent: str | None, run_dir: Path, best: int) -> None:
     tracker.artifact(parent, run_dir / "report.json")
     for png in ("iterations.png", "curves.png"):
         tracker.artifact(parent, run_dir / png, "figures")
-    best_model = run_dir / f"iter-{report['best_iteration']:03d}" / "model"
-    if best_model.is_dir():
-        for checkpoint in sorted(best_model.glob("model-*.pt")):
-            tracker.artifact(parent, checkpoint, "best-model")
-    tracker.end(parent)
-    return report
+    best_model = run_dir / f"iter-{best:03d}" / "model"
+    for checkpoint in sorted(best_model.glob("model-*.pt")) if best_model.is_dir() else []:
+        tracker.artifact(parent, checkpoint, "best-model")
 
 
 def run_folder(config: Config, recording: str, digest: str, run_name: str | None) -> Path:
