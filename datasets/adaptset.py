@@ -254,14 +254,16 @@ def _where_target_absent(found: list[Segment], target: torch.Tensor, rate: int,
                          config: Config, iteration: int) -> list[Segment]:
     """Complement segments with the target's active stretches cut out (at a threshold 12 dB
     below the target cull's, so faint leaked dialogue counts as present): background
-    material without dialogue in it. Falls back to ``found`` if that leaves < 2 s."""
+    material without dialogue in it. Falls back to ``found`` when that would leave less
+    than 4 s or less than 30 % of it: too little background variety overfits."""
     from datasets.cull import cull
 
     lenient = config.cull.model_copy(update={
         "threshold_db": max(-120.0, config.cull.threshold_db - 12.0), "min_duration_s": 0.0})
     present = [(s.start / rate, s.stop / rate) for s in cull(target, rate, lenient, iteration)]
     absent = apply_guidance(found, rate, [], present)
-    return absent if sum(s.stop - s.start for s in absent) >= 2 * rate else found
+    kept, total = (sum(s.stop - s.start for s in segs) for segs in (absent, found))
+    return absent if kept >= max(4 * rate, 0.3 * total) else found
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
