@@ -59,6 +59,20 @@ class Job:
     strength: float
 
 
+GENERAL_MODEL = Path(__file__).resolve().parent.parent / "models" / "general-dialogue-v1"
+
+
+def shipped_model(rate: int, folder: Path = GENERAL_MODEL) -> Path | None:
+    """The shipped general model's checkpoint for audio at ``rate``: the rung at that rate,
+    else the lowest rung above it, else the highest below it (inputs are resampled)."""
+    rungs = sorted((int(p.stem.split("-")[-1]), p) for p in folder.glob("model-*.pt")
+                   if p.stem.split("-")[-1].isdigit())
+    if not rungs:
+        return None
+    above = [p for r, p in rungs if r >= rate]
+    return above[0] if above else rungs[-1][1]
+
+
 def prepare(source: str | Path, config: Config, model: str | Path | None = None,
             recipe: str | Path | None = None, strength: float | None = None) -> Job:
     """Validate the input and load the separator; raises a one-line ``UserError`` if wrong."""
@@ -67,8 +81,10 @@ def prepare(source: str | Path, config: Config, model: str | Path | None = None,
     if model and recipe:
         raise UserError("give a model or a recipe, not both")
     if not model and not recipe:
-        raise UserError("no separation model: none is shipped yet (issue 5 trains the general "
-                        "model); pass --model CHECKPOINT or --recipe YAML")
+        model = shipped_model(probe(source, config.io.min_duration_s).sample_rate)
+    if not model and not recipe:
+        raise UserError(f"no separation model: {GENERAL_MODEL} holds no checkpoint; train it "
+                        "with `stemloop train-general` or pass --model CHECKPOINT")
     strength = config.separate.strength if strength is None else strength
     if not 0.0 < strength <= 10.0:
         raise UserError(f"strength {strength:g} is out of range; use 0 < strength ≤ 10")

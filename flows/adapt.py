@@ -28,6 +28,7 @@ from adapt.config import Config, load_config
 from adapt.errors import UserError
 from adapt.plots import curves_png, iterations_png, spectrogram_png
 from adapt.score import best_iteration, should_stop
+from adapt.separate import GENERAL_MODEL
 from datasets.audio import probe, read_audio, write_audio
 from datasets.files import write_json
 from flows.state import state_dir
@@ -39,8 +40,6 @@ from tasks.library import ensure_library
 from tasks.match import match_schema
 from tasks.score import score_iteration
 from tasks.separate import separate_file
-
-MODELS = Path(__file__).resolve().parent.parent / "models" / "general-dialogue-v1"
 
 
 class Stopwatch:
@@ -155,12 +154,12 @@ def general_models(config: Config, rate: int) -> tuple[str, str]:
     """The model to fine-tune (working rate) and the one to separate with at ``rate``."""
     if config.separate.model:
         return config.separate.model, config.separate.model
-    working = MODELS / f"model-{config.loop.working_rate}.pt"
+    working = GENERAL_MODEL / f"model-{config.loop.working_rate}.pt"
     if not working.is_file():
         raise UserError(f"{working}: the general model is missing; train it with `stemloop "
                         "train-general --out models/general-dialogue-v1 --config general` or "
                         "pass --set separate.model=CHECKPOINT")
-    own = MODELS / f"model-{rate}.pt"
+    own = GENERAL_MODEL / f"model-{rate}.pt"
     return str(working), str(own if own.is_file() else working)
 
 

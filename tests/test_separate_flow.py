@@ -110,7 +110,6 @@ def test_cli_mistakes_are_one_line_exit_2_and_write_nothing(tiny_checkpoint, ste
          "no such file"),
         (["separate", str(source), "--model", str(junk)], "not a readable checkpoint"),
         (["separate", str(source), "--model", str(tmp_path / "none.pt")], "no such checkpoint"),
-        (["separate", str(source)], "no separation model"),
         (["separate", str(source), "--model", str(tiny_checkpoint), "--strength", "-1"],
          "strength"),
         (["separate", str(source), "--recipe", str(tmp_path / "none.yaml")], "cannot read"),

@@ -1,0 +1,34 @@
+"""Which shipped checkpoint serves a recording, and what happens when none is shipped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from adapt.errors import UserError
+from adapt.separate import GENERAL_MODEL, prepare, shipped_model
+
+
+def test_the_rung_at_the_rate_else_the_next_above_else_the_top(tmp_path: Path):
+    for rate in (16000, 48000):
+        (tmp_path / f"model-{rate}.pt").write_bytes(b"")
+    (tmp_path / "MODEL_CARD.md").write_text("not a checkpoint")
+    pick = {rate: shipped_model(rate, tmp_path).name for rate in (8000, 16000, 22050, 96000)}
+    assert pick == {8000: "model-16000.pt", 16000: "model-16000.pt",
+                    22050: "model-48000.pt", 96000: "model-48000.pt"}
+    assert shipped_model(16000, tmp_path / "empty") is None
+
+
+def test_separate_without_a_model_uses_the_shipped_one_or_says_how_to_get_one(write_wav):
+    from adapt.config import load_config
+    from tests.signals import sine
+
+    path = write_wav("tone.wav", sine(440, 16000, 1.0))
+    config = load_config("smoke")
+    if shipped_model(16000) is None:
+        with pytest.raises(UserError, match="train-general"):
+            prepare(path, config)
+    else:
+        job = prepare(path, config)
+        assert job.model is not None and job.model.parent == GENERAL_MODEL
