@@ -59,7 +59,7 @@ def default_checkpoint(directory: Path, rate: int) -> Path:
 
 
 def speed(args: argparse.Namespace, work: Path) -> None:
-    config = load_config()
+    config = load_config(overrides=[f"separate.threads={args.threads}"])
     print("| rate | audio | runs | RTF median | RTF min–max | CPU s per audio s (median) | "
           "load avg before | params |")
     print("|---|---|---|---|---|---|---|---|")
@@ -117,6 +117,8 @@ def memory(args: argparse.Namespace, work: Path) -> None:
             wall, peak, tree = measure_process(argv, work / "stderr.log")
             peaks.append(peak)
             trees.append(tree)
+            print(f"<!-- {minutes} min run: maxrss {peak:.0f} MB, tree {tree:.0f} MB, "
+                  f"{wall:.1f} s -->", flush=True)
             walls.append(wall)
             shutil.rmtree(out)
         source.unlink()
@@ -133,12 +135,14 @@ def main() -> None:
     cmd.add_argument("--rates", type=int, nargs="+", default=[16000, 48000])
     cmd.add_argument("--seconds", type=float, default=120.0)
     cmd.add_argument("--runs", type=int, default=5)
+    cmd.add_argument("--threads", type=int, default=0, help="torch threads; 0 = default")
     cmd = sub.add_parser("memory")
     cmd.add_argument("--minutes", type=int, nargs="+", default=[10, 30, 60])
     cmd.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    threads = getattr(args, "threads", 0) or torch.get_num_threads()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__} with {torch.get_num_threads()} threads")
+          f"torch {torch.__version__} with {threads} threads")
     with tempfile.TemporaryDirectory(prefix="stemloop-bench-") as tmp:
         os.environ.setdefault("STEMLOOP_HOME", str(Path(tmp) / "state"))
         (speed if args.what == "speed" else memory)(args, Path(tmp))
