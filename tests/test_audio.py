@@ -233,3 +233,8 @@ def test_unwritable_output_directory_is_an_error_and_writes_nothing(tmp_path, wh
     with pytest.raises(AudioError):
         write_audio(f"{target}/stem.wav", noise(1, 10), 16000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    write_audio(tmp_path / "x.wav", noise(1, 100), 16000)
+    assert (tmp_path / "x.wav").stat().st_mode & 0o044 == 0o044

@@ -19,14 +19,6 @@ from flows.cli import main
 RATE = 16000
 
 
-@pytest.fixture(scope="session")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.fixture
 def tiny_checkpoint(tmp_path: Path) -> Path:
     torch.manual_seed(0)
