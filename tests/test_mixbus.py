@@ -197,7 +197,10 @@ def test_shipped_schemas_are_valid():
 def test_dataloader_workers_give_the_same_examples(sources):
     threads = torch.get_num_threads()
     data = dataset(sources, schema_dict(), size=4, seconds=0.5)
-    loader = torch.utils.data.DataLoader(data, batch_size=2, num_workers=2)
+    # "spawn": a forked worker inherits whatever the test session started (e.g. Prefect's
+    # test server and exit handlers) and can die on exit; a spawned one starts clean.
+    loader = torch.utils.data.DataLoader(data, batch_size=2, num_workers=2,
+                                         multiprocessing_context="spawn")
     batches = list(loader)
     assert batches[0][0].shape == (2, 1, 8000) and batches[0][1].shape == (2, 3, 1, 8000)
     # Bit-identical for the same torch thread count; workers run one thread each, this
