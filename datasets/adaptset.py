@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from adapt.config import Config
+from adapt.config import Config, deep_merge
 from datasets.audio import read_audio, resample, write_audio
 from datasets.cull import Segment
 
@@ -238,7 +238,7 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
     schema = adaptation_schema(files["target"], files["complement"], base_schema, target,
                                loop.library_share if files["target"] else 1.0,
                                list(guide.drop_library), levels)
-    schema = _merge(schema, dict(guide.schema_overrides))
+    schema = deep_merge(schema, dict(guide.schema_overrides))
     schema_path = folder / "schema.yaml"
     schema_path.write_text(yaml.safe_dump(schema, sort_keys=False))
     length = mine.shape[-1]
@@ -264,16 +264,6 @@ def _where_target_absent(found: list[Segment], target: torch.Tensor, rate: int,
     absent = apply_guidance(found, rate, [], present)
     kept, total = (sum(s.stop - s.start for s in segs) for segs in (absent, found))
     return absent if kept >= max(4 * rate, 0.3 * total) else found
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def holdout_pairs(holdout_file: Path, rate: int, config: Config

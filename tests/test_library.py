@@ -19,19 +19,6 @@ pytestmark = pytest.mark.skipif(bool(missing), reason=f"Debian tools missing: {m
                                                       "(run `make sysdeps`)")
 
 
-@pytest.fixture(scope="module")
-def tiny_library(tmp_path_factory):
-    from flows.cli import main
-
-    out = tmp_path_factory.mktemp("library")
-    code = main(["library", "build", "--out", str(out), "--hours", "0.002", "--seed", "3",
-                 "--set", "mixbus.library.composers=[bach]",
-                 "--set", "mixbus.library.piece_max_s=6",
-                 "--set", "mixbus.library.speech_clip_s=4"])
-    assert code == 0
-    return out
-
-
 def test_manifest_has_every_class_and_valid_rows(tiny_library):
     manifest = pd.read_parquet(tiny_library / "manifest.parquet")
     assert set(manifest["class"]) == {"speech", "music", "noise", "room"}
