@@ -109,4 +109,6 @@ def test_room_and_noise_jobs_rebuild_bit_identically(tmp_path):
         render_noise("n", 11, tmp_path / folder, "crackle", 16000, 2.0, -23.0)
     for name in ("rooms/r.flac", "noise/n.flac"):
         assert np.array_equal(sf.read(tmp_path / "a" / name)[0], sf.read(tmp_path / "b" / name)[0])
-    assert rows[0]["rt60"] == rows[1]["rt60"] > 0
+    # The files are bit-identical; the RT60 measured from them may differ in the last
+    # digits (threaded FFT sums round differently from run to run).
+    assert rows[0]["rt60"] == pytest.approx(rows[1]["rt60"], rel=1e-9) and rows[0]["rt60"] > 0
