@@ -27,7 +27,8 @@ PARTS = ("quality/estimate", "quality/pseudo_reference", "quality/dnsmos", "qual
          "pseudo_reference/si_sdr")
 
 
-def run(names: list[str], config: str | None, overrides: list[str]) -> list[dict]:
+def run(names: list[str], config: str | None, overrides: list[str], run_name: str
+        ) -> list[dict]:
     from flows.state import state_dir, use_state_dir
 
     use_state_dir(state_dir())
@@ -38,7 +39,7 @@ def run(names: list[str], config: str | None, overrides: list[str]) -> list[dict
         folder = DEMO / name
         started = time.monotonic()
         report = adapt_recording(str(folder / "mixture.flac"), config, overrides,
-                                 str(folder / "truth"), "bench")
+                                 str(folder / "truth"), run_name)
         rows.append({"mixture": name, "report": report["run_dir"],
                      "wall_s": time.monotonic() - started, "stages_s": report["stages_s"],
                      "best": report["best_iteration"], "stopped": report["stopped"],
@@ -77,13 +78,14 @@ def main() -> None:
     parser.add_argument("--names", nargs="*", help="demo mixtures (default: all)")
     parser.add_argument("--config", help="preset (default: the default config)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--run", default="bench", help="run name (one folder per mixture)")
     parser.add_argument("--out", type=Path, default=Path("bench/out/adapt_quality.json"))
     args = parser.parse_args()
     names = args.names or sorted(p.name for p in DEMO.iterdir() if p.is_dir())
     peers_file = Path("bench/out/peers.json")
     peers = {r["mixture"]: r["peers"] for r in json.loads(peers_file.read_text())["rows"]} \
         if peers_file.exists() else {}
-    summary = summarise(run(names, args.config, args.overrides), peers)
+    summary = summarise(run(names, args.config, args.overrides, args.run), peers)
     summary["machine"] = f"{platform.machine()}, torch {torch.__version__}"
     summary["settings"] = {"config": args.config, "overrides": args.overrides}
     args.out.parent.mkdir(parents=True, exist_ok=True)
