@@ -8,9 +8,6 @@ then streams the file through it and writes one file per stem plus
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +21,7 @@ from adapt.config import Config
 from adapt.errors import UserError
 from adapt.recipe import load_recipe
 from datasets.audio import AudioInfo, probe
+from datasets.files import write_json
 
 RECORD_NAME = "separation.json"
 
@@ -123,13 +121,5 @@ def run_separation(job: Job, out_dir: str | Path, config: Config,
         stems={name: str(path.resolve()) for name, path in paths.items()},
         seconds=round(seconds, 3), real_time_factor=round(seconds / job.info.duration, 5),
         versions=versions())
-    _write_json(out_dir / RECORD_NAME, record.model_dump(mode="json"))
+    write_json(out_dir / RECORD_NAME, record.model_dump(mode="json"))
     return record
-
-
-def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; the record is for people to read
-    os.replace(tmp, path)

@@ -24,6 +24,7 @@ import adapt.separate
 from adapt.apply import Progress
 from adapt.config import Config
 from adapt.separate import SeparationRecord, prepare, run_separation
+from tasks.caching import file_digest
 
 _progress: list[Progress] = []  # a callback the CLI installs; tasks get no callables as inputs
 
@@ -44,7 +45,7 @@ def content_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | No
     if parameters["model"]:
         files.append(Path(parameters["model"]))
     for path in files:
-        digest.update(_file_digest(path).encode())
+        digest.update(file_digest(path).encode())
     settings = (parameters["strength"], str(Path(parameters["out_dir"]).resolve()),
                 config.io.model_dump_json(), config.separate.model_dump_json())
     digest.update(repr(settings).encode())
@@ -52,14 +53,6 @@ def content_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | No
         digest.update(inspect.getsource(module).encode())
     digest.update(inspect.getsource(separate_file).encode())
     return f"separate-{digest.hexdigest()}"
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @task(name="separate-file", cache_key_fn=content_key, persist_result=True)
