@@ -116,3 +116,17 @@ def _read(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a stemloop checkpoint (holds a "
                               f"{type(payload).__name__}, not a dict)")
     return payload
+
+
+def load_weights_into(model: Separator, path: str | Path) -> Separator:
+    """Copy the weights of checkpoint ``path`` into ``model`` when both have the same
+    architecture and rate; a ``CheckpointError`` naming the file otherwise."""
+    start = load_checkpoint(path).model
+    ours, theirs = model.state_dict(), start.state_dict()
+    if start.sample_rate != model.sample_rate or ours.keys() != theirs.keys() or any(
+            ours[k].shape != theirs[k].shape for k in ours):
+        raise CheckpointError(f"{path}: a {start.sample_rate} Hz model of another shape than "
+                              f"the config's {model.sample_rate} Hz one; pass the config it "
+                              "was trained with")
+    model.load_state_dict(theirs)
+    return model

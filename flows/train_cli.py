@@ -26,6 +26,9 @@ def add_train_commands(sub: argparse._SubParsersAction,
     cmd.add_argument("--out", required=True, help="folder for model-<rate>.pt checkpoints")
     _data_args(cmd)
     cmd.add_argument("--alias", default="candidate", help="MLflow alias for the new version")
+    cmd.add_argument("--init", metavar="CHECKPOINT",
+                     help="continue from this low-rate checkpoint (same architecture) with a "
+                          "fresh schedule of train.steps, e.g. to train the shipped model longer")
     add_config_args(cmd)
     cmd.set_defaults(handler=cmd_train_general)
 
@@ -63,12 +66,17 @@ def _prepare(args: argparse.Namespace):
 
 
 def cmd_train_general(args: argparse.Namespace) -> int:
-    _, check_output_dir = _prepare(args)
+    config, check_output_dir = _prepare(args)
+    if args.init:  # a bad or mismatched checkpoint fails here, in one line
+        from adapt.checkpoint import load_weights_into
+        from adapt.model import build_model
+
+        load_weights_into(build_model(config.model), args.init)
     check_output_dir(args.out)
     from flows.train_general import train_general
 
     result = train_general(args.out, args.config, args.overrides, args.library, args.hours,
-                           args.alias)
+                           args.alias, args.init)
     out.print(json.dumps(result, indent=2, default=str))
     return 0
 

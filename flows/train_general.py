@@ -29,18 +29,21 @@ MODEL_NAME = "general-dialogue"
 
 @flow(name="train-general", log_prints=False)
 def train_general(out: str, config_path: str | None = None, overrides: list[str] | None = None,
-                  library: str | None = None, hours: float = 1.0, alias: str = "candidate"
-                  ) -> dict[str, Any]:
-    """Train the general model into folder ``out``; returns what ran and its figures."""
+                  library: str | None = None, hours: float = 1.0, alias: str = "candidate",
+                  init: str | None = None) -> dict[str, Any]:
+    """Train the general model into folder ``out`` (from scratch, or continuing from
+    checkpoint ``init`` with a new schedule); returns what ran and its figures."""
     config = load_config(config_path, overrides or [])
     state = state_dir(config)
     library = ensure_library(library or config.mixbus.library_dir or str(state / "library"),
                              hours, config.mixbus.seed, config.mixbus.library)
-    folder = state / "train-general" / _config_id(config)
+    folder = state / "train-general" / (_config_id(config) if not init
+                                         else f"{_config_id(config)}-{file_digest(init)[:8]}")
     tracker = Tracker(config, state)
-    run_id = tracker.start(MODEL_NAME, _params(config), {"stemloop.flow": "train-general"})
+    run_id = tracker.start(MODEL_NAME, {**_params(config), "init": init},
+                           {"stemloop.flow": "train-general"})
     try:
-        rungs = [train_low_rate(config, library, str(folder), run_id)]
+        rungs = [train_low_rate(config, library, str(folder), run_id, init)]
         for rate in config.upscale.ladder:
             if rate > rungs[-1]["rate"]:
                 rungs.append(upscale_rung(config, library, str(folder), rungs[-1]["checkpoint"],

@@ -17,7 +17,7 @@ import adapt.model
 import adapt.train
 import adapt.upscale
 import datasets.batches
-from adapt.checkpoint import load_checkpoint, save_checkpoint
+from adapt.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 from adapt.config import Config
 from adapt.model import build_model
 from adapt.train import Run, train
@@ -45,8 +45,9 @@ def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
     if not config.orchestration.cache:
         return None
     files = [Path(parameters["library"]) / "manifest.parquet"]
-    if parameters.get("checkpoint"):
-        files.append(Path(parameters["checkpoint"]))
+    for name in ("checkpoint", "init"):
+        if parameters.get(name):
+            files.append(Path(parameters[name]))
     train = config.train.model_copy(update={"threads": 0, "workers": 1})
     settings = (config.model, train, config.upscale, config.mixbus,
                 parameters.get("rate"), str(parameters["folder"]))
@@ -71,12 +72,15 @@ def progress_logger(config: Config, run_id: str | None, total: int):
 
 
 @task(name="train-low-rate", cache_key_fn=_key, persist_result=True)
-def train_low_rate(config: Config, library: str, folder: str, run_id: str | None
-                   ) -> dict[str, Any]:
-    """Train a fresh model at ``model.sample_rate``; returns its checkpoint path and figures."""
+def train_low_rate(config: Config, library: str, folder: str, run_id: str | None,
+                   init: str | None = None) -> dict[str, Any]:
+    """Train a model at ``model.sample_rate``, fresh or continuing from checkpoint ``init``
+    (same architecture, new schedule); returns its checkpoint path and figures."""
     data = training_data(config, library, Path(folder))
     batches, val = data(config.model.sample_rate)
     model = build_model(config.model)
+    if init:
+        load_weights_into(model, init)
     result = train(model, batches, val, config.train, Run(Path(folder) / "low-rate"),
                    on_metrics=progress_logger(config, run_id, config.train.steps))
     path = save_checkpoint(Path(folder) / f"model-{model.sample_rate}.pt", model,

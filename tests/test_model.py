@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from adapt.checkpoint import CheckpointError, load_checkpoint, load_weights_into, save_checkpoint
 from adapt.config import SUPPORTED_RATES, ModelConfig, load_config
 from adapt.errors import UserError
 from adapt.model import RATE_AGNOSTIC, RATE_SPECIFIC, SampleRateError, build_model, frame_stride
@@ -149,3 +149,15 @@ def test_corrupt_and_foreign_checkpoints_are_clear_errors(tmp_path: Path):
         with pytest.raises(CheckpointError, match=words) as info:
             load_checkpoint(path)
         assert isinstance(info.value, UserError) and str(path) in str(info.value)
+
+
+def test_weights_load_only_into_the_same_architecture_and_rate(tmp_path: Path):
+    config = tiny(sample_rate=8000)
+    source = save_checkpoint(tmp_path / "a.pt", build_model(config))
+    target = load_weights_into(build_model(config), source)
+    assert all(torch.equal(a, b) for a, b in zip(target.state_dict().values(),
+                                                 load_checkpoint(source).model.state_dict().values()))
+    for other in (config.model_copy(update={"channels": 2 * config.channels}),
+                  config.model_copy(update={"sample_rate": 16000})):
+        with pytest.raises(CheckpointError, match="a.pt.*another shape"):
+            load_weights_into(build_model(other), source)

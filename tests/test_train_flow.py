@@ -45,4 +45,7 @@ def test_upscale_command_rejects_bad_requests_in_one_line(tmp_path, capsys):
     assert main(["train-general", "--out", str(tmp_path / "m"), "--library",
                  str(tmp_path)]) == 2
     assert "no manifest.parquet" in capsys.readouterr().err
+    assert main(["train-general", "--out", str(tmp_path / "m"), "--config", "smoke",
+                 "--init", str(tmp_path / "bad.pt")]) == 2
+    assert "bad.pt" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists() and not (tmp_path / "m").exists()
