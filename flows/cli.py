@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.adapt_cli import add_adapt_command
 
     add_adapt_command(sub, add_config_args)
+
+    from flows.ops_cli import add_ops_commands
+
+    add_ops_commands(sub, add_config_args)
     return parser
 
 

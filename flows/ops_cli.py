@@ -1,0 +1,168 @@
+"""CLI commands for operations: ``stemloop adapt-batch``, ``stemloop runs``, ``stemloop report``.
+
+Mistakes (a missing folder or manifest, a bad column, an unknown run) are UserErrors:
+one line, exit 2, checked before Prefect starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+
+from adapt.errors import UserError
+
+out = Console(highlight=False, soft_wrap=True)
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def add_ops_commands(sub: argparse._SubParsersAction,
+                     add_config_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    cmd = sub.add_parser(
+        "adapt-batch", help="adapt to every recording of a folder or CSV manifest",
+        description="Run `adapt` on every recording of DIR (its audio files) or of a CSV "
+                    "manifest (columns: recording, and optional overrides 'KEY=VALUE;KEY=VALUE' "
+                    "and reference), orchestration.concurrency at a time, one child flow run "
+                    "each. A failing recording gets a one-line reason in the summary and never "
+                    "stops the others. Writes <state>/batches/<batch>/summary.{csv,json}. "
+                    "Exit 0 when all completed, 2 when any failed.")
+    cmd.add_argument("source", metavar="DIR|CSV", help="folder of recordings or CSV manifest")
+    add_config_args(cmd)
+    cmd.set_defaults(handler=cmd_adapt_batch)
+
+    cmd = sub.add_parser(
+        "runs", help="list adaptation runs from MLflow: status, best iteration, quality",
+        description="One row per `adapt` run (newest first) from the MLflow experiment "
+                    "tracking.experiment: recording, run, status, delivered iteration, its "
+                    "quality estimate and, when a reference was given, its true SI-SDR (dB).")
+    cmd.add_argument("--limit", type=int, default=200, help="at most this many runs")
+    cmd.add_argument("--csv", metavar="FILE", help="also write the table to FILE")
+    add_config_args(cmd)
+    cmd.set_defaults(handler=cmd_runs)
+
+    cmd = sub.add_parser(
+        "report", help="write one run's review page (HTML) and log it to MLflow",
+        description="A self-contained HTML page for a finished run: metric curves, "
+                    "spectrograms before (iteration 0) and after (delivered), and audio "
+                    "players for the recording and its final stems. Logged as report.html "
+                    "to the run's MLflow parent run.")
+    cmd.add_argument("run", metavar="RUN", help="run folder (…/runs/<recording>/<run>) or "
+                                                "MLflow run id (see `stemloop runs`)")
+    cmd.add_argument("--out", metavar="FILE", help="page to write (default: RUN/report.html)")
+    cmd.add_argument("--seconds", type=float, default=30.0,
+                     help="seconds of each stem to embed (default 30)")
+    add_config_args(cmd)
+    cmd.set_defaults(handler=cmd_report)
+
+
+def _setup(args: argparse.Namespace):
+    from adapt.config import load_config
+    from flows.state import state_dir, use_state_dir
+
+    config = load_config(args.config, args.overrides)
+    return config, use_state_dir(state_dir(config), config)
+
+
+def cmd_adapt_batch(args: argparse.Namespace) -> int:
+    from flows.manifest import read_jobs
+
+    read_jobs(args.source)  # a missing folder or a bad manifest: one line, before Prefect
+    config, state = _setup(args)
+    from datasets.audio import check_output_dir
+
+    check_output_dir(state / "batches")
+    import pandas as pd
+
+    from flows.batch import adapt_batch, format_summary
+
+    rows = adapt_batch(str(args.source), args.config, list(args.overrides))
+    table = pd.DataFrame(rows)
+    out.print(format_summary(table))
+    failed = int((table["status"] != "completed").sum())
+    out.print(f"{len(rows) - failed} completed, {failed} failed; summary in "
+              f"{state / 'batches'}")
+    return 2 if failed else 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    config, state = _setup(args)
+    from flows.review import runs_table
+    from flows.tracking import Tracker
+
+    tracker = Tracker(config, state)
+    table = (runs_table(tracker.client, config.tracking.experiment, args.limit)
+             if _store_exists(tracker) else None)
+    if table is None or table.empty:
+        out.print(f"no adaptation runs in MLflow experiment '{config.tracking.experiment}' "
+                  f"at {tracker.uri}")
+        return 0
+    out.print(table.fillna("").to_string(index=False))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    config, state = _setup(args)
+    from flows.review import load_report, report_html
+    from flows.tracking import Tracker
+
+    if args.seconds <= 0:
+        raise UserError(f"--seconds {args.seconds:g}: give a positive number of seconds")
+    tracker = Tracker(config, state)
+    run_dir = _run_folder(args.run, tracker)
+    report = load_report(run_dir)
+    page = Path(args.out) if args.out else run_dir / "report.html"
+    try:
+        page.write_text(report_html(run_dir, args.seconds))
+    except OSError as exc:
+        raise UserError(f"{page}: cannot write the page ({exc.strerror}); choose another "
+                        "with --out") from None
+    run_id = report.get("mlflow_run_id")
+    if run_id and tracker.enabled:
+        tracker.artifact(run_id, page)
+    out.print(f"report      {page.resolve()}")
+    out.print(f"MLflow      {f'run {run_id}, artifact {page.name}' if run_id else 'not logged'}")
+    return 0
+
+
+def _store_exists(tracker) -> bool:
+    """False for a local SQLite store that was never written (MLflow would create it)."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter
+    prefix = "sqlite:///"
+    return not tracker.uri.startswith(prefix) or Path(tracker.uri[len(prefix):]).is_file()
+
+
+def _run_folder(run: str, tracker) -> Path:
+    """A run folder as given, or the one an MLflow run's report.json names."""
+    if Path(run).is_dir():
+        return Path(run).resolve()
+    if not RUN_ID.match(run):
+        raise UserError(f"{run}: no such run folder or MLflow run id; list runs with "
+                        "`stemloop runs`")
+    if not _store_exists(tracker):
+        raise UserError(f"{run}: no MLflow store at {tracker.uri}, so no such run; check "
+                        "STEMLOOP_HOME or tracking.uri")
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = tracker.client.download_artifacts(run, "report.json", tmp)
+            report = json.loads(Path(path).read_text())
+    except MlflowException:
+        raise UserError(f"{run}: no finished MLflow run with this id at {tracker.uri}; list "
+                        "runs with `stemloop runs`") from None
+    except OSError:
+        raise UserError(f"{run}: this MLflow run has no report.json (it has not finished); "
+                        "pick a FINISHED run from `stemloop runs`") from None
+    folder = Path(report["run_dir"])
+    if not folder.is_dir():
+        raise UserError(f"{folder}: run {run}'s folder is not on this machine; run `stemloop "
+                        "report` where the state directory lives")
+    return folder

@@ -1,0 +1,162 @@
+"""Review of adaptation runs: the MLflow runs as a table, and one run as a self-contained page.
+
+``runs_table`` reads the parent runs (tag ``stemloop.flow=adapt``) of the tracking
+experiment. ``report_html`` turns a finished run folder into one HTML file that needs
+nothing else: metric curves across iterations and spectrograms before (iteration 0) and
+after (the delivered iteration) as inline PNGs, and audio players for the recording and
+the final stems as inline FLAC (the first ``seconds`` of each, so hours of audio stay a
+page of a few MB). No Prefect here.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import soundfile as sf
+
+from adapt.errors import UserError
+from adapt.plots import curves_png
+from adapt.score import best_iteration
+
+RUN_COLUMNS = ["recording", "run", "status", "best_iteration", "quality", "si_sdr",
+               "iterations", "started", "run_id"]
+CURVE_KEYS = ["quality/estimate", "pseudo_reference/si_sdr"]
+
+
+def runs_table(client, experiment: str, limit: int = 200) -> pd.DataFrame:
+    """One row per adaptation run (newest first), from MLflow."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return pd.DataFrame(columns=RUN_COLUMNS)
+    runs = client.search_runs([found.experiment_id], "tags.`stemloop.flow` = 'adapt'",
+                              max_results=limit, order_by=["attributes.start_time DESC"])
+    rows = [_run_row(client, run) for run in runs
+            if "mlflow.parentRunId" not in run.data.tags]
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def _run_row(client, run) -> dict[str, Any]:
+    quality = {m.step: m.value for m in client.get_metric_history(run.info.run_id,
+                                                                  "quality/estimate")}
+    row = {"recording": Path(run.data.params.get("recording", "?")).name,
+           "run": run.info.run_name, "status": run.info.status,
+           "iterations": len(quality), "run_id": run.info.run_id,
+           "started": pd.Timestamp(run.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M")}
+    if quality:
+        steps = sorted(quality)
+        best = steps[best_iteration([quality[s] for s in steps])]
+        target = run.data.params.get("loop.target", "dialogue")
+        truth = {m.step: m.value for m in client.get_metric_history(
+            run.info.run_id, f"reference/si_sdr_{target}")}
+        row.update(best_iteration=best, quality=round(quality[best], 2),
+                   si_sdr=round(truth[best], 2) if best in truth else None)
+    return row
+
+
+def load_report(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "report.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{run_dir}: no report.json, so the run has not finished; give a "
+                        "finished run folder or its MLflow run id (see `stemloop runs`)") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable run report ({exc}); rerun the adaptation to "
+                        "rewrite it") from None
+
+
+def report_html(run_dir: Path, seconds: float = 30.0) -> str:
+    """The run at ``run_dir`` as one self-contained HTML page."""
+    report = load_report(run_dir)
+    history, best = report["iterations"], report["best_iteration"]
+    truth = sorted(k for k in history[best] if k.startswith("reference/si_sdr_"))
+    with tempfile.TemporaryDirectory() as tmp:
+        curves = curves_png(history, CURVE_KEYS + truth, best,
+                            Path(tmp) / "curves.png",
+                            f"stopped: {report['stopped']}; delivered iteration {best}")
+        curves_tag = _img(curves.read_bytes(), "metric curves across iterations")
+    parts = [f"<h1>{html.escape(Path(report['recording']).name)}</h1>",
+             _facts(report),
+             "<h2>Metrics across iterations</h2>", curves_tag, _metric_table(history, best),
+             "<h2>Spectrograms: iteration 0 (general model) and the delivered iteration</h2>",
+             _spectrograms(run_dir, list(report["final"]), best),
+             f"<h2>Listen (first {seconds:g} s of each)</h2>",
+             _players(report["recording"], report["final"], seconds)]
+    title = html.escape(f"stemloop: {Path(report['recording']).name} ({run_dir.name})")
+    return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{_STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+
+
+_STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+          "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
+          "padding:2px 6px;text-align:right}th:first-child,td:first-child{text-align:left}"
+          ".best{background:#eef6ee}figure{display:inline-block;margin:4px}"
+          "figcaption{font-size:12px}img{max-width:100%}")
+
+
+def _facts(report: dict[str, Any]) -> str:
+    facts = {"recording": report["recording"], "SHA-256": report["recording_sha256"][:16],
+             "run folder": report["run_dir"], "delivered iteration": report["best_iteration"],
+             "iterations": len(report["iterations"]), "stopped": report["stopped"],
+             "wall time": f"{report['wall_s']:.0f} s",
+             "MLflow run": report.get("mlflow_run_id") or "(tracking off)"}
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in facts.items())
+    return f"<table>{rows}</table>"
+
+
+def _metric_table(history: list[dict[str, float]], best: int) -> str:
+    table = pd.DataFrame(history).T.sort_index()
+    table.columns = [f"iteration {k}" + (" (delivered)" if k == best else "")
+                     for k in range(len(history))]
+    return table.astype(float).round(3).to_html(na_rep="", border=0)
+
+
+def _spectrograms(run_dir: Path, stems: list[str], best: int) -> str:
+    figures = []
+    for k in dict.fromkeys([0, best]):
+        for name in stems:
+            png = run_dir / f"iter-{k:03d}" / "spectrograms" / f"{name}.png"
+            caption = html.escape(f"iteration {k}: {name}")
+            figures.append(f"<figure>{_img(png.read_bytes(), caption)}<figcaption>{caption}"
+                           "</figcaption></figure>" if png.is_file()
+                           else f"<p>{caption}: no spectrogram on disk</p>")
+    return "\n".join(figures)
+
+
+def _players(recording: str, final: dict[str, str], seconds: float) -> str:
+    sources = {"recording (input)": recording, **final}
+    rows = []
+    for name, path in sources.items():
+        label = html.escape(name)
+        if not Path(path).is_file():
+            rows.append(f"<p>{label}: {html.escape(path)} is not on disk</p>")
+            continue
+        data, note = _flac_preview(Path(path), seconds)
+        rows.append(f"<p><b>{label}</b> {html.escape(note)}<br><audio controls preload='none' "
+                    f"src='data:audio/flac;base64,{data}'></audio></p>")
+    return "\n".join(rows)
+
+
+def _flac_preview(path: Path, seconds: float) -> tuple[str, str]:
+    """The first ``seconds`` of ``path`` as base64 16-bit FLAC, and what was cut."""
+    info = sf.info(str(path))
+    frames = min(info.frames, int(seconds * info.samplerate))
+    audio, rate = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
+    buffer = io.BytesIO()
+    sf.write(buffer, audio.clip(-1, 1), rate, format="FLAC", subtype="PCM_16")
+    whole = info.frames / info.samplerate
+    note = (f"({whole:.1f} s)" if frames == info.frames
+            else f"(first {frames / rate:.1f} s of {whole:.1f} s)")
+    return base64.b64encode(buffer.getvalue()).decode(), note
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f"<img alt='{alt}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
