@@ -83,6 +83,26 @@ def test_training_separates_the_toy_task_and_keeps_the_best(tmp_path):
         result["best_si_sdr"])
 
 
+def test_keep_start_never_returns_a_model_worse_than_the_start(tmp_path):
+    config, model = tiny()
+    val = [toy_batch(10_000 + i, 2, RATE, 0.5) for i in range(2)]
+    train(model, batches(config), val, config.train, Run(tmp_path / "a"), steps=30)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    good = validate(model, val)["val/si_sdr"]
+
+    def swapped(step):  # targets swapped: training on these only makes validation worse
+        mixture, sources = batches(config)(step)
+        return mixture, sources.flip(1)
+
+    result = train(model, swapped, val, config.train, Run(tmp_path / "b"), steps=10,
+                   keep_start=True)
+    assert result["history"][0]["step"] == 0
+    assert result["best_si_sdr"] == pytest.approx(good, abs=1e-4)
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+    worse = [r["val/si_sdr"] for r in result["history"] if "val/si_sdr" in r][1:]
+    assert worse and max(worse) < good  # training did make it worse, and it was not kept
+
+
 def test_goal_and_early_stopping_end_training(tmp_path):
     config, model = tiny(("train.early_stop_patience=1",))
     val = [toy_batch(10_000, 2, RATE, 0.5)]
