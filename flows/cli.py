@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_commands(sub, add_config_args)
 
+    from flows.artefacts_cli import add_artefact_commands
+
+    add_artefact_commands(sub, add_config_args)
+
     from flows.adapt_cli import add_adapt_command
 
     add_adapt_command(sub, add_config_args)
