@@ -8,7 +8,10 @@ voice → vocals / other speech). A step with several ``models`` combines them
 for one class (FIG. 13E): each model extracts from what the previous one left
 and the extractions are summed. Stems are named by their path in the tree
 (``voice/vocals``). Every step's complement is its input minus its target, so
-the leaves of the whole tree sum to the mixture.
+the leaves of the whole tree sum to the mixture. A step may name ``post`` models,
+artefact models (patent 4.2, ``adapt.artefacts``) run in turn on its extracted
+target: each keeps the target's ``clean`` part, and what it removes goes back to what
+remains (the step's complement), so the sum stays exact.
 
 Model paths are relative to the recipe file (or absolute).
 """
@@ -23,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapt.apply import ModelStep
+from adapt.artefacts import SOURCES, load_artefact_model
 from adapt.checkpoint import load_checkpoint
 from adapt.errors import ConfigError
 
@@ -38,6 +42,7 @@ class StepSpec(BaseModel):
     strength: float | None = Field(default=None, gt=0.0, le=10.0)
     steps: list[StepSpec] = Field(default_factory=list)
     rest: str = Field(default="other", pattern=NAME)  # complement name inside this step
+    post: list[str] = Field(default_factory=list, max_length=8)  # artefact models on the target
 
 
 class RecipeSpec(BaseModel):
@@ -73,6 +78,7 @@ class Recipe:
         self.spec, self.rate, self._strength = spec, rate, strength
         self._models: dict[Path, ModelStep] = {}
         self._steps = {id(s): self._load(s, base) for s in _walk(spec.steps)}
+        self._post = {id(s): self._load_post(s, base) for s in _walk(spec.steps)}
         self.names = _leaves(spec.steps, spec.rest, "")
         if len(set(self.names)) != len(self.names):
             raise ConfigError(f"recipe '{spec.name}': two stems share a name "
@@ -112,6 +118,19 @@ class Recipe:
             chosen.append((model, model.names.index(target)))
         return chosen
 
+    def _load_post(self, spec: StepSpec, base: Path) -> list[ModelStep]:
+        chosen = []
+        for name in spec.post:
+            path = (base / name).resolve()
+            if path not in self._models:
+                self._models[path] = ModelStep(load_artefact_model(path), self.rate)
+            if self._models[path].names != SOURCES:
+                raise ConfigError(f"recipe step '{spec.name}': post model {path.name} is not an "
+                                  f"artefact model (its stems are "
+                                  f"{', '.join(self._models[path].names)})")
+            chosen.append(self._models[path])
+        return chosen
+
     def _split(self, audio: torch.Tensor, steps: list[StepSpec], rest: str, prefix: str
                ) -> dict[str, torch.Tensor]:
         stems: dict[str, torch.Tensor] = {}
@@ -122,6 +141,10 @@ class Recipe:
                 model.strength = spec.strength or self._strength
                 extracted = model(remaining)[index]
                 target, remaining = target + extracted, remaining - extracted
+            for model in self._post[id(spec)]:
+                model.strength = 1.0
+                removed = model(target)[1]  # the artefacts: target minus its clean part
+                target, remaining = target - removed, remaining + removed
             path = f"{prefix}{spec.name}"
             if spec.steps:
                 stems.update(self._split(target, spec.steps, spec.rest, f"{path}/"))
@@ -140,7 +163,8 @@ def model_files(path: str | Path) -> list[Path]:
     """Every checkpoint a recipe file names, resolved, in order of first use."""
     path = Path(path)
     base = path.resolve().parent
-    files = [(base / m).resolve() for step in _walk(read_recipe(path).steps) for m in step.models]
+    files = [(base / m).resolve() for step in _walk(read_recipe(path).steps)
+             for m in (*step.models, *step.post)]
     return list(dict.fromkeys(files))
 
 
