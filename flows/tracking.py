@@ -8,7 +8,10 @@ under ``<state dir>/mlartifacts``.
 
 from __future__ import annotations
 
+import fcntl
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +33,17 @@ class Tracker:
         if self._client is None:
             from mlflow import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.uri)
+            with _store_lock(self.uri):  # the client creates (migrates) a new store
+                self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
     def experiment_id(self) -> str:
         if self._experiment_id is None:
-            found = self.client.get_experiment_by_name(self.experiment_name)
-            self._experiment_id = found.experiment_id if found else (
-                self.client.create_experiment(self.experiment_name, self.artifacts))
+            client = self.client
+            with _store_lock(self.uri):
+                found = client.get_experiment_by_name(self.experiment_name)
+                self._experiment_id = found.experiment_id if found else (
+                    client.create_experiment(self.experiment_name, self.artifacts))
         return self._experiment_id
 
     def start(self, name: str, params: dict[str, Any] | None = None,
@@ -97,3 +103,22 @@ class Tracker:
                                                    description=description)
         self.client.set_registered_model_alias(name, alias, version.version)
         return version.version
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise creating a local SQLite store and its experiment across processes: two
+    workers starting on a fresh state dir otherwise race in MLflow's migrations ("table
+    _alembic_tmp_experiments already exists")."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        yield
+        return
+    lock = Path(uri[len(prefix):] + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,174 @@
+"""The deployments for real, on loopback: a Prefect server on 127.0.0.1, the process work
+pool, ``prefect deploy --all`` from prefect.yaml, the crash-detection automation and two
+workers. Two tiny recordings run through ``adapt-recording/default``; the worker running
+one of them is killed (SIGKILL to it and its flow-run process, as when a machine dies)
+during fine-tuning; the automation marks the silent run Crashed; ``prefect flow-run
+retry`` reruns it on the surviving worker with the finished steps served from the cache,
+and both deliver stems that sum to their recording."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.test_ops import assert_stems_sum_to_input, tiny_model, tiny_recordings, tiny_sets
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def kill_tree(process: subprocess.Popen | psutil.Process) -> None:
+    """SIGKILL one process we started and every process below it (by pid)."""
+    try:
+        root = psutil.Process(process.pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in tree:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(tree, timeout=10)
+
+
+class Cluster:
+    """A Prefect server and workers on loopback, each a process of its own."""
+
+    def __init__(self, tmp: Path, state: Path):
+        port = free_port()
+        self.api = f"http://127.0.0.1:{port}/api"
+        self.env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect-home"),
+                    "PREFECT_API_URL": self.api, "STEMLOOP_HOME": str(state),
+                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                    "PREFECT_LOGGING_LEVEL": "INFO"}
+        self.logs = tmp
+        self.processes: list[subprocess.Popen] = []
+        self.server = self.spawn("server", "server", "start", "--host", "127.0.0.1",
+                                 "--port", str(port))
+        self.http = httpx.Client(base_url=self.api, timeout=30)
+        self.wait(lambda: self.http.get("/health").status_code == 200, 120, "server start")
+
+    def spawn(self, log: str, *args: str) -> subprocess.Popen:
+        with (self.logs / f"{log}.log").open("w") as out:
+            process = subprocess.Popen([*PREFECT, *args], cwd=ROOT, env=self.env, stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def prefect(self, *args: str) -> str:
+        done = subprocess.run([*PREFECT, "--no-prompt", *args], cwd=ROOT, env=self.env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    def run_state(self, run_id: str) -> str:
+        return self.http.get(f"/flow_runs/{run_id}").json()["state"]["type"]
+
+    def task_states(self, run_id: str) -> list[tuple[str, str]]:
+        body = {"flow_runs": {"id": {"any_": [run_id]}}}
+        runs = self.http.post("/task_runs/filter", json=body).json()
+        return [(run["name"], run["state"]["name"]) for run in runs]
+
+    @staticmethod
+    def wait(check, seconds: float, what: str, every: float = 0.5) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                if check():
+                    return
+            except (httpx.HTTPError, OSError):
+                pass
+            time.sleep(every)
+        raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+
+    def tail(self, lines: int = 30) -> str:
+        """The end of every worker log (what a failed assertion shows)."""
+        return "\n".join(f"--- {log.name}\n" + "\n".join(
+            log.read_text(errors="replace").splitlines()[-lines:])
+            for log in sorted(self.logs.glob("worker-*.log")))
+
+    def close(self) -> None:
+        self.http.close()
+        for process in reversed(self.processes):
+            kill_tree(process)
+
+
+def worker_running(workers: list[subprocess.Popen], run_id: str) -> subprocess.Popen | None:
+    """The worker whose flow-run process runs ``run_id`` (from that process's environment)."""
+    for worker in workers:
+        for child in psutil.Process(worker.pid).children(recursive=True):
+            try:
+                if child.environ().get("PREFECT__FLOW_RUN_ID") == run_id:
+                    return worker
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+    return None
+
+
+@pytest.mark.slow
+def test_two_workers_one_killed_mid_run_then_retry_resumes_from_cache(tiny_library, tmp_path):
+    state = tmp_path / "state"
+    first, second = tiny_recordings(tmp_path / "recordings", 2)
+    sets = tiny_sets(tiny_model(tmp_path / "tiny.pt"), tiny_library)
+    cluster = Cluster(tmp_path, state)
+    try:
+        cluster.prefect("work-pool", "create", "stemloop", "--type", "process")
+        deployed = cluster.prefect("deploy", "--all")
+        for name in ("adapt-recording", "adapt-batch", "separate", "train-general"):
+            assert f"Deployment '{name}/default' successfully created" in deployed
+        cluster.prefect("automation", "create", "--from-file",
+                        "configs/automations/crash-silent-runs.yaml")
+        workers = [cluster.spawn(f"worker-{n}", "worker", "start", "--pool", "stemloop",
+                                 "--name", f"worker-{n}") for n in (1, 2)]
+        runs = {}
+        for path, steps in ((first, 200), (second, 4)):  # the first trains long enough to die
+            params = json.dumps({"recording": str(path), "config_path": "smoke",
+                                 "overrides": [*sets, f"train.steps={steps}"]})
+            made = cluster.prefect("deployment", "run", "adapt-recording/default",
+                                   "--params", params)
+            runs[path] = next(line.split("UUID:")[1].strip() for line in made.splitlines()
+                              if "UUID:" in line)
+        victim_id = runs[first]
+        checkpoints = state / "runs"
+        cluster.wait(lambda: any(checkpoints.glob("scene-0-*/run-*/iter-001/model/train/"
+                                                  "last.pt")), 300, "fine-tuning to start",
+                     every=0.05)
+        victim = worker_running(workers, victim_id)
+        assert victim is not None, "no worker runs the first recording"
+        kill_tree(victim)  # the worker and its flow-run process: a machine gone
+        cluster.wait(lambda: cluster.run_state(victim_id) == "CRASHED", 150,
+                     "the automation to mark the silent run Crashed", every=2)
+        for run_id in runs.values():
+            if cluster.run_state(run_id) == "CRASHED":
+                cluster.prefect("flow-run", "retry", run_id)
+        final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+        for run_id in runs.values():
+            cluster.wait(lambda r=run_id: cluster.run_state(r) in final, 300,
+                         f"flow run {run_id} to end", every=1)
+            assert cluster.run_state(run_id) == "COMPLETED", cluster.tail()
+        cached = [name for name, st in cluster.task_states(victim_id) if st == "Cached"]
+        assert any(name.startswith("separate-file") for name in cached), cached
+        assert any(name.startswith("score-iteration") for name in cached), cached
+        reports = [json.loads(p.read_text()) for p in checkpoints.glob("*/run-*/report.json")]
+        assert sorted(Path(r["recording"]).name for r in reports) == [first.name, second.name]
+        for report in reports:
+            assert len(report["iterations"]) == 2
+            assert_stems_sum_to_input(report)
+    finally:
+        cluster.close()
