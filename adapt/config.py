@@ -136,6 +136,7 @@ class UpscaleConfig(Section):
 
 
 class ScoreWeights(Section):
+    matched_reference: float = Field(default=1.0, ge=0.0, le=100.0)
     pseudo_reference: float = Field(ge=0.0, le=100.0)
     dnsmos: float = Field(ge=0.0, le=100.0)
     artefacts: float = Field(ge=0.0, le=100.0)
@@ -165,10 +166,12 @@ class LoopConfig(Section):
     holdout_fraction: float = Field(ge=0.0, lt=1.0)
     target: str = Field(min_length=1)
     library_share: float = Field(ge=0.0, le=1.0)
+    background_share: float = Field(default=0.7, ge=0.0, le=1.0)
     segment_max_s: float = Field(gt=0.0, le=600.0)
     pseudo_pairs: int = Field(ge=1, le=10_000)
     pseudo_seconds: float = Field(gt=0.0, le=60.0)
     pseudo_ratios_db: list[float] = Field(min_length=1)
+    reference_examples: int = Field(default=32, ge=1, le=10_000)
     upscale: bool
     guidance: GuidanceConfig
 

@@ -323,15 +323,18 @@ def artefact_penalty(scores: dict[str, float]) -> float:
 
 
 def quality_estimate(pseudo_si_sdr: float, target_scores: dict[str, float],
-                     weights: Any) -> dict[str, float]:
+                     weights: Any, matched_si_sdr: float = float("nan")) -> dict[str, float]:
     """The loop's quality estimate and its parts, all in dB-like units (higher is better).
 
-    - pseudo_reference: SI-SDR on held-out remixes (dB);
+    - matched_reference: SI-SDR of library voices over the recording's held-out
+      background (dB; a true reference);
+    - pseudo_reference: SI-SDR on held-out remixes of the crude stems (dB);
     - dnsmos: 5 × (OVRL − 3), so 0.2 MOS counts like 1 dB (0 when not scored);
     - artefacts: −``artefact_penalty`` of the target stem.
     Weights come from ``score.weights``; a part that could not be measured counts 0.
     """
-    parts = {"pseudo_reference": pseudo_si_sdr if math.isfinite(pseudo_si_sdr) else 0.0,
+    parts = {"matched_reference": matched_si_sdr if math.isfinite(matched_si_sdr) else 0.0,
+             "pseudo_reference": pseudo_si_sdr if math.isfinite(pseudo_si_sdr) else 0.0,
              "dnsmos": 5.0 * (target_scores["dnsmos_ovrl"] - 3.0)
              if "dnsmos_ovrl" in target_scores else 0.0,
              "artefacts": -artefact_penalty(target_scores)}

@@ -23,12 +23,12 @@ import torch
 from scipy.stats import spearmanr
 
 DEMO = Path("bench/out/demo-set")
-PARTS = ("quality/estimate", "quality/pseudo_reference", "quality/dnsmos", "quality/artefacts",
-         "pseudo_reference/si_sdr")
+PARTS = ("quality/estimate", "quality/matched_reference", "quality/pseudo_reference",
+         "quality/dnsmos", "quality/artefacts")
 
 
-def run(names: list[str], config: str | None, overrides: list[str], run_name: str
-        ) -> list[dict]:
+def run(names: list[str], config: str | None, overrides: list[str], run_name: str,
+        done=lambda rows: None) -> list[dict]:
     from flows.state import state_dir, use_state_dir
 
     use_state_dir(state_dir())
@@ -44,6 +44,7 @@ def run(names: list[str], config: str | None, overrides: list[str], run_name: st
                      "wall_s": time.monotonic() - started, "stages_s": report["stages_s"],
                      "best": report["best_iteration"], "stopped": report["stopped"],
                      "iterations": report["iterations"]})
+        done(rows)  # a summary after every mixture: a long run stopped early keeps its rows
     return rows
 
 
@@ -69,8 +70,13 @@ def summarise(rows: list[dict], peers: dict) -> dict:
         correlation[part] = round(float(rho), 3)
     mean = {k: round(sum(t[k] for t in table) / len(table), 2)
             for k in ("general", "adapted", "oracle_best", "best_peer_si_sdr")}
+    points = [{"mixture": row["mixture"], "iteration": k, "true": i[key],
+               **{p: i.get(p) for p in PARTS}, "pseudo_reference/si_sdr":
+               i.get("pseudo_reference/si_sdr"), "matched_reference/si_sdr":
+               i.get("matched_reference/si_sdr")}
+              for row in rows for k, i in enumerate(row["iterations"])]
     return {"rows": table, "mean": mean, "spearman_vs_true_si_sdr": correlation,
-            "points": len(truth)}
+            "points": len(truth), "per_iteration": points}
 
 
 def main() -> None:
@@ -85,11 +91,16 @@ def main() -> None:
     peers_file = Path("bench/out/peers.json")
     peers = {r["mixture"]: r["peers"] for r in json.loads(peers_file.read_text())["rows"]} \
         if peers_file.exists() else {}
-    summary = summarise(run(names, args.config, args.overrides, args.run), peers)
-    summary["machine"] = f"{platform.machine()}, torch {torch.__version__}"
-    summary["settings"] = {"config": args.config, "overrides": args.overrides}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=2))
+
+    def write(rows: list[dict]) -> dict:
+        summary = summarise(rows, peers)
+        summary["machine"] = f"{platform.machine()}, torch {torch.__version__}"
+        summary["settings"] = {"config": args.config, "overrides": args.overrides}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(summary, indent=2))
+        return summary
+
+    summary = write(run(names, args.config, args.overrides, args.run, write))
     print(json.dumps({k: v for k, v in summary.items() if k != "rows"}, indent=2))
     for row in summary["rows"]:
         print(row)

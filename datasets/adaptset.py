@@ -8,7 +8,12 @@ From the culled stems of an iteration:
   is always mixed in (``library_share`` of the examples) so the model does not
   drift, minus the classes a restorer says the recording lacks;
 - a fraction of the segments is held out and never trained on: remixed at known
-  ratios they make the pseudo-reference set that scores every iteration.
+  ratios they make the pseudo-reference set (the teacher's own voice over held-out
+  background: it measures agreement with the crude stems, not truth);
+- the held-out background also goes under library voices degraded like the recording
+  (the matched schema): the matched-reference set, whose target is known exactly, so
+  it gives a true SI-SDR on the recording's own background every iteration. It steers
+  fine-tuning (validation) and the quality estimate.
 
 Guidance from a restorer: time regions to include or exclude, extra clips.
 """
@@ -97,9 +102,12 @@ def write_segments(audio: torch.Tensor, rate: int, segments: list[Segment], fold
 
 def adaptation_schema(targets: list[Path], complements: list[Path], matched: dict[str, Any],
                       target_name: str, library_share: float, drop: list[str],
-                      levels: tuple[float, float] = (-22.0, -25.0)) -> dict[str, Any]:
+                      levels: tuple[float, float] = (-22.0, -25.0),
+                      background_share: float | None = None) -> dict[str, Any]:
     """A mix-bus schema: culled target segments over culled complement segments, plus the
-    matched library schema's buses (minus ``drop``) in ``library_share`` of the examples.
+    matched library schema's buses (minus ``drop``): library voices in ``library_share``
+    of the examples, the recording's culled background in ``background_share`` of them
+    (default ``1 - library_share``).
 
     ``matched`` is a dialogue schema (sources/voices, sources/music, noise) whose
     degradations were fitted to the recording; its post chain applies to every example.
@@ -122,6 +130,8 @@ def adaptation_schema(targets: list[Path], complements: list[Path], matched: dic
     for child in noise["children"]:
         if child["name"] in drop:
             child["probability"] = 0.0
+    if background_share is not None:
+        background["probability"] = background_share
     voices_bus = _child(sources["children"], "voices")
     voices_bus["probability"] = 1.0
     for child in voices_bus["children"]:
@@ -140,6 +150,23 @@ def _child(nodes: list[dict[str, Any]], name: str) -> dict[str, Any]:
         if node.get("name") == name:
             return node
     raise ValueError(f"the base schema has no bus named {name!r}")
+
+
+def reference_schema(matched: dict[str, Any], background: list[Path], target_name: str,
+                     level: float) -> dict[str, Any]:
+    """The matched library schema with the recording's held-out ``background`` segments
+    always in its noise bus (drawn within ±4 dB of ``level`` LUFS): library voices, a
+    true target, degraded like the recording, over the recording's own background."""
+    schema = copy.deepcopy(matched)
+    if background:
+        _child(schema["buses"], "noise")["children"].append(
+            {"name": "recording", "probability": 1.0,
+             "feed": {"files": [str(Path(p).resolve()) for p in background]},
+             "lufs": [level - 4, min(level + 4, -1)]})
+    schema["targets"] = {target_name: {"bus": "sources/voices"},
+                         "background": {"bus": "sources/music"}, "noise": {"bus": "noise"}}
+    schema["description"] = "matched reference: library voices over the recording's background"
+    return schema
 
 
 def pseudo_reference(targets: list[Path], complements: list[Path], rate: int, seconds: float,
@@ -210,6 +237,10 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
         if name == "complement":
             found = _where_target_absent(found, mine, rate, config, iteration)
         segments[name] = chop(found, piece)
+    from datasets.audio import loudness
+
+    levels = (loudness(mine, rate), loudness(rest, rate))
+    levels = tuple(v if v == v and v > -70 else -30.0 for v in levels)
     if iteration == 0 or not holdout_file.exists():
         held = {name: split_holdout(segs, loop.holdout_fraction, config.train.seed + i)
                 for i, (name, segs) in enumerate(segments.items())}
@@ -219,7 +250,12 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
                    for name, split in held.items()}
         regions = sorted((s.start / rate, s.stop / rate) for split in held.values()
                          for s in split.holdout)
-        holdout_file.write_text(json.dumps({"files": holdout, "regions": regions}, indent=1))
+        reference = holdout_file.with_name("reference.yaml")
+        reference.write_text(yaml.safe_dump(reference_schema(
+            base_schema, [Path(p) for p in holdout["complement"]], target, levels[1]),
+            sort_keys=False))
+        holdout_file.write_text(json.dumps({"files": holdout, "regions": regions,
+                                            "reference": str(reference)}, indent=1))
         train = {name: split.train for name, split in held.items()}
     else:
         regions = [tuple(r) for r in json.loads(holdout_file.read_text())["regions"]]
@@ -231,13 +267,9 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
     files["target"] += [Path(p) for p in guide.extra_clips]
     tables = [segments_table(name, segs, rate) for name, segs in train.items()]
     pd.concat(tables).to_parquet(folder / "cull.parquet")
-    from datasets.audio import loudness
-
-    levels = (loudness(mine, rate), loudness(rest, rate))
-    levels = tuple(v if v == v and v > -70 else -30.0 for v in levels)
     schema = adaptation_schema(files["target"], files["complement"], base_schema, target,
                                loop.library_share if files["target"] else 1.0,
-                               list(guide.drop_library), levels)
+                               list(guide.drop_library), levels, loop.background_share)
     schema = deep_merge(schema, dict(guide.schema_overrides))
     schema_path = folder / "schema.yaml"
     schema_path.write_text(yaml.safe_dump(schema, sort_keys=False))
@@ -264,6 +296,25 @@ def _where_target_absent(found: list[Segment], target: torch.Tensor, rate: int,
     absent = apply_guidance(found, rate, [], present)
     kept, total = (sum(s.stop - s.start for s in segs) for segs in (absent, found))
     return absent if kept >= max(4 * rate, 0.3 * total) else found
+
+
+def reference_pairs(holdout_file: Path, library: str | None, rate: int, config: Config
+                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The matched-reference set at ``rate``: ``loop.reference_examples`` examples of the
+    run's ``reference.yaml``, rendered once per rate and kept beside ``holdout.json``
+    (empty when the run has no held-out background)."""
+    import json
+
+    from datasets.batches import TrainingData
+
+    record = json.loads(Path(holdout_file).read_text())
+    if not record.get("reference") or not record["files"]["complement"]:
+        return []
+    loop = config.loop
+    data = TrainingData(record["reference"], library, [loop.target],
+                        Path(holdout_file).parent / "reference", 1, loop.reference_examples,
+                        loop.pseudo_seconds, loop.pseudo_seconds, 8, config.train.seed + 1)
+    return data(rate)[1]
 
 
 def holdout_pairs(holdout_file: Path, rate: int, config: Config

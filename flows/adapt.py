@@ -108,7 +108,7 @@ def _iterate(recording: str, rate: int, reference: str | None, config: Config, r
         data = timed("dataset", build_dataset, record.stems, k, config, str(folder / "dataset"),
                      matched, str(run_dir / "holdout.json"))
         metrics = timed("score", score_iteration, record.stems, recording, model_work,
-                        data["holdout"], reference, config)
+                        data["holdout"], reference, config, library)
         metrics.update({f"cull/coverage_{n}": v for n, v in data["coverage"].items()})
         metrics.update({f"cull/seconds_{n}": v for n, v in data["seconds"].items()})
         write_json(folder / "scores.json", metrics)
@@ -116,8 +116,9 @@ def _iterate(recording: str, rate: int, reference: str | None, config: Config, r
               folder, config)
         history.append(metrics)
         stems.append(record.stems)
-        log.info("iteration %d: quality %.2f, pseudo-reference SI-SDR %.2f dB", k,
-                 metrics["quality/estimate"], metrics["pseudo_reference/si_sdr"])
+        log.info("iteration %d: quality %.2f, matched-reference SI-SDR %.2f dB, "
+                 "pseudo-reference %.2f dB", k, metrics["quality/estimate"],
+                 metrics["matched_reference/si_sdr"], metrics["pseudo_reference/si_sdr"])
         if should_stop([h["quality/estimate"] for h in history], config.loop.min_delta,
                        config.loop.patience, config.loop.max_iterations):
             tracker.end(child)
@@ -197,7 +198,7 @@ def deliver(run_dir: Path, history: list[dict[str, float]], stems: list[dict[str
     rate = probe(recording).sample_rate
     iterations_png(loaded, rate, [f"iteration {k}" for k in range(len(stems))],
                    run_dir / "iterations.png")
-    keys = ["quality/estimate", "pseudo_reference/si_sdr",
+    keys = ["quality/estimate", "matched_reference/si_sdr", "pseudo_reference/si_sdr",
             f"reference/si_sdr_{config.loop.target}"]
     curves_png(history, keys, best, run_dir / "curves.png",
                f"stopped: {stopped}; delivered iteration {best}")

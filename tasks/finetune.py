@@ -1,7 +1,8 @@
 """Prefect task: fine-tune the current model on an iteration's dataset (and upscale it).
 
 Trains at the working rate from the current working-rate model, validating on the
-run's pseudo-reference (held-out remixes); then, for a recording above the working
+run's matched reference (library voices over the recording's held-out background;
+the starting weights stay unless training beats them there); then, for a recording above the working
 rate, moves the result up to the recording's rate (frozen new layers, then all).
 Checkpoints inside, so a killed run resumes mid-training.
 """
@@ -18,7 +19,7 @@ from adapt.checkpoint import load_checkpoint, save_checkpoint
 from adapt.config import SUPPORTED_RATES, Config
 from adapt.train import Run, train
 from adapt.upscale import upscale
-from datasets.adaptset import holdout_pairs
+from datasets.adaptset import holdout_pairs, reference_pairs
 from datasets.batches import TrainingData
 from tasks.caching import content_digest
 from tasks.train import CODE, progress_logger
@@ -29,6 +30,8 @@ def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
     if not config.orchestration.cache:
         return None
     files = [parameters["model"], parameters["schema"], parameters["holdout"]]
+    if parameters.get("library"):
+        files.append(Path(parameters["library"]) / "manifest.parquet")
     settings = (config.train, config.upscale, config.loop, parameters["rate"],
                 parameters["folder"])
     return f"finetune-{content_digest(files, CODE, settings)}"
@@ -45,12 +48,14 @@ def finetune(model: str, schema: str, library: str | None, holdout: str, folder:
                         config.train.segment_s, config.train.batch_size, config.train.seed,
                         config.train.workers)
 
-    def data_for(r: int):
-        return data(r)[0], holdout_pairs(Path(holdout), r, config)
+    def data_for(r: int):  # validate on the matched reference (a true target) when there is one
+        return data(r)[0], (reference_pairs(Path(holdout), library, r, config)
+                            or holdout_pairs(Path(holdout), r, config))
 
     batches, val = data_for(current.sample_rate)
     logger = progress_logger(config, run_id, config.train.steps)
-    train(current, batches, val, config.train, Run(work / "train"), on_metrics=logger)
+    train(current, batches, val, config.train, Run(work / "train"), on_metrics=logger,
+          keep_start=True)
     working = save_checkpoint(work / f"model-{current.sample_rate}.pt", current)
     result = {"working": str(working), "recording": str(working)}
     if config.loop.upscale and rate > current.sample_rate and rate in SUPPORTED_RATES:

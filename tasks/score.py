@@ -15,7 +15,7 @@ from adapt.config import SUPPORTED_RATES, Config
 from adapt.metrics import si_sdr
 from adapt.model import frame_stride
 from adapt.score import pseudo_reference_si_sdr, quality_estimate, score_stems
-from datasets.adaptset import holdout_pairs
+from datasets.adaptset import holdout_pairs, reference_pairs
 from datasets.audio import read_audio
 from tasks.caching import content_digest
 
@@ -28,6 +28,8 @@ def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
         return None
     files = [*parameters["stems"].values(), parameters["recording"], parameters["model"],
              parameters["holdout"]]
+    if parameters.get("library"):
+        files.append(Path(parameters["library"]) / "manifest.parquet")
     if parameters["reference"]:
         files += sorted(p for p in Path(parameters["reference"]).iterdir()
                         if p.suffix.lower() in AUDIO)
@@ -37,21 +39,25 @@ def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
 
 @task(name="score-iteration", cache_key_fn=_key, persist_result=True)
 def score_iteration(stems: dict[str, str], recording: str, model: str, holdout: str,
-                    reference: str | None, config: Config) -> dict[str, float]:
+                    reference: str | None, config: Config, library: str | None = None
+                    ) -> dict[str, float]:
     """Flat ``group/name`` metrics of one iteration, ``quality/estimate`` among them."""
     audio = {name: read_audio(path)[0] for name, path in stems.items()}
     mixture, rate = read_audio(recording)
     separator = load_checkpoint(model).model
-    pseudo = pseudo_reference_si_sdr(separator, holdout_pairs(Path(holdout),
-                                                              separator.sample_rate, config))
+    rate_model = separator.sample_rate
+    pseudo = pseudo_reference_si_sdr(separator, holdout_pairs(Path(holdout), rate_model, config))
+    matched = pseudo_reference_si_sdr(separator, reference_pairs(Path(holdout), library,
+                                                                 rate_model, config))
     hop = frame_stride(rate, config.model.latent_rate) if rate in SUPPORTED_RATES else None
     scores = score_stems(audio, rate, mixture, tuple(config.score.speech_stems), hop,
                          config.score.dnsmos, config.score.dnsmos_hop_s,
                          config.score.click_threshold)
-    metrics = {"pseudo_reference/si_sdr": pseudo}
+    metrics = {"pseudo_reference/si_sdr": pseudo, "matched_reference/si_sdr": matched}
     for stem, values in scores.items():
         metrics.update({f"scores/{stem}/{k}": v for k, v in values.items()})
-    metrics.update(quality_estimate(pseudo, scores[config.loop.target], config.score.weights))
+    metrics.update(quality_estimate(pseudo, scores[config.loop.target], config.score.weights,
+                                    matched))
     if reference:
         metrics.update(reference_scores(audio, mixture, Path(reference), config.loop.target))
     return metrics

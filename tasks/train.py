@@ -64,8 +64,9 @@ def progress_logger(config: Config, run_id: str | None, total: int):
         tracker.metrics(run_id, metrics, step)
         val = {k: v for k, v in metrics.items() if "val/" in k}
         if val:
-            loss = next(v for k, v in metrics.items() if k.endswith("train/total"))
-            log.info("step %d/%d  loss %.3f  %s", step, total, loss,
+            loss = next((f"  loss {v:.3f}" for k, v in metrics.items()
+                         if k.endswith("train/total")), "  (start)")
+            log.info("step %d/%d%s  %s", step, total, loss,
                      "  ".join(f"{k} {v:.2f}" for k, v in val.items()))
 
     return on_metrics
