@@ -97,7 +97,7 @@ def report_html(run_dir: Path, seconds: float = 30.0) -> str:
 _STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
           "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
           "padding:2px 6px;text-align:right}th:first-child,td:first-child{text-align:left}"
-          ".best{background:#eef6ee}figure{display:inline-block;margin:4px}"
+          "figure{display:inline-block;margin:4px}"
           "figcaption{font-size:12px}img{max-width:100%}")
 
 
