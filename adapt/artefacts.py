@@ -40,6 +40,21 @@ def load_artefact_model(path: str | Path) -> Separator:
     return model
 
 
+@torch.no_grad()
+def identity_start(model: Separator, mask_logit: float = 3.0) -> Separator:
+    """Start a mask-head artefact model close to "no artefacts": every mask near
+    ``sigmoid(mask_logit)`` whatever the input (head weights scaled down, bias raised).
+
+    With the Fourier-frame encoder a constant mask only scales the stem, which leaves its
+    SI-SDR unchanged, so training starts from the separator's own estimate instead of the
+    random mask's distortion (about -0.9 dB SI-SDR on validation at step 0).
+    """
+    if model.config.head == "mask":
+        model.head.proj.weight.mul_(0.1)
+        model.head.proj.bias.fill_(mask_logit)
+    return model
+
+
 def stem_estimator(separator: Separator, target: str):
     """``(channels, time)`` mixture → ``(channels, time)`` estimate of ``target``, one pass
     at the separator's rate (the function ``datasets.artefactset`` renders pools with)."""

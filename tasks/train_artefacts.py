@@ -17,7 +17,7 @@ import adapt.artefacts
 import adapt.model
 import adapt.train
 import datasets.artefactset
-from adapt.artefacts import stem_estimator
+from adapt.artefacts import identity_start, stem_estimator
 from adapt.checkpoint import load_checkpoint, save_checkpoint
 from adapt.config import CONFIG_DIR, Config
 from adapt.model import build_model
@@ -37,7 +37,7 @@ def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
     train_config = config.train.model_copy(update={"threads": 0, "workers": 1})
     settings = (config.model, train_config, config.mixbus, parameters["target"],
                 str(parameters["folder"]))
-    return f"{context.task.name}-{content_digest(files, CODE, settings)}"
+    return f"{context.task.name}-{content_digest(files, (*CODE, context.task.fn), settings)}"
 
 
 @task(name="train-artefact-model", cache_key_fn=_key, persist_result=True)
@@ -52,9 +52,12 @@ def train_artefact_model(config: Config, library: str, general: str, target: str
                         Path(folder) / "pools", t.pool_size, t.val_examples, t.pool_seconds,
                         t.segment_s, t.batch_size, t.seed, t.workers)
     batches, val = data(rate)
-    model = build_model(config.model)
+    model = identity_start(build_model(config.model))
+    # keep_start: the (near-identity) start is validated first and stays the best unless
+    # training beats it, so the result never makes the separator's estimates worse on
+    # the validation pool.
     result = train(model, batches, val, t, Run(Path(folder) / "train"),
-                   on_metrics=progress_logger(config, run_id, t.steps))
+                   on_metrics=progress_logger(config, run_id, t.steps), keep_start=True)
     history = [row for row in result["history"] if "val/si_sdri" in row]
     best = max(history, key=lambda row: row["val/si_sdr"]) if history else {}
     path = save_checkpoint(Path(folder) / f"model-{rate}.pt", model,

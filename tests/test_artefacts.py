@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from adapt.apply import ModelStep, separate_tensor
-from adapt.artefacts import artefact_energy_db, load_artefact_model, stem_estimator
+from adapt.artefacts import artefact_energy_db, identity_start, load_artefact_model, stem_estimator
 from adapt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from adapt.config import CONFIG_DIR, load_config
 from adapt.errors import UserError
+from adapt.metrics import si_sdr
 from adapt.model import build_model
 from adapt.recipe import load_recipe, model_files
 from datasets.artefactset import ArtefactData, render_artefact_pool
@@ -105,6 +106,17 @@ def test_artefact_energy_rises_with_injected_artefact_and_matches_its_size():
     stem_32k = resample(stem, rate, 32000)
     assert abs(artefact_energy_db(model, stem_32k, 32000, chunk_seconds=1.0) - one_pass) < 1.0
     assert artefact_energy_db(model, torch.zeros(1, rate), rate) == -100.0
+
+
+def test_identity_start_leaves_the_stem_alone_up_to_scale():
+    torch.manual_seed(0)
+    model = identity_start(build_model(load_config("artefacts").model))
+    stem = torch.randn(1, 1, 16000, generator=torch.Generator().manual_seed(4)) * 0.1
+    with torch.inference_mode():
+        clean = model(stem)[0, 0]
+        random_start = build_model(load_config("artefacts").model).eval()(stem)[0, 0]
+    assert float(si_sdr(clean, stem[0])) > 25.0  # a scaled copy: nothing called artefact
+    assert float(si_sdr(random_start, stem[0])) < 20.0  # what the random head does instead
 
 
 def test_artefact_energy_refuses_a_model_that_is_not_an_artefact_model(tmp_path):
