@@ -32,6 +32,7 @@ VARIANTS = {
     "library-voices": {"own_voice": 0.0, "own_background": 0.7, "music": None},
     "library-only": {"own_voice": 0.0, "own_background": 0.0, "music": None},
     "own-voice-light": {"own_voice": 0.3, "own_background": 0.7, "music": None},
+    "no-own-background": {"own_voice": 0.3, "own_background": 0.0, "music": None},
     "self-only": {"own_voice": 1.0, "own_background": 1.0, "music": 0.0},
 }
 __doc__ += "\n".join(f"    {k}: {v}" for k, v in VARIANTS.items())
@@ -117,6 +118,10 @@ def main() -> None:
     over_background = pseudo_reference([Path(library) / p for p in voices],
                                        [Path(p) for p in held], model.sample_rate, 3.0, 24,
                                        (-5.0, 0.0, 5.0), 0)
+    from datasets.adaptset import reference_pairs
+
+    matched_reference = reference_pairs(args.run_dir / "holdout.json", library,
+                                        model.sample_rate, config)
     x = resample(mixture, rate, model.sample_rate)[None]
     y = resample(truth, rate, model.sample_rate)[None]
 
@@ -128,7 +133,9 @@ def main() -> None:
         return {"step": step, "true": float(si_sdr(estimate, y).mean()),
                 "pseudo": validate(model, pseudo)["val/si_sdr"],
                 "matched_library": validate(model, matched_val)["val/si_sdr"],
-                "over_background": validate(model, over_background)["val/si_sdr"]}
+                "over_background": validate(model, over_background)["val/si_sdr"],
+                **({"matched_reference": validate(model, matched_reference)["val/si_sdr"]}
+                   if matched_reference else {})}
 
     curve = [measure(0)]
     print(curve[-1], flush=True)
