@@ -72,7 +72,8 @@ def adapt_recording(recording: str, config_path: str | None = None,
                              config.mixbus.library)
     tracker = Tracker(config, state)
     parent = tracker.start(f"{run_dir.parent.name}/{run_dir.name}", _params(config, recording),
-                           {"stemloop.recording_sha256": digest, "stemloop.flow": "adapt"})
+                           {"stemloop.recording_sha256": digest, "stemloop.flow": "adapt"},
+                           resume=str(run_dir))
     try:
         matched = match_schema(recording, digest, config.mixbus.schema_path, library,
                                str(run_dir / "matched.yaml"))
@@ -101,7 +102,8 @@ def _iterate(recording: str, rate: int, reference: str | None, config: Config, r
     stems: list[dict[str, str]] = []
     for k in range(config.loop.max_iterations + 1):
         folder = run_dir / f"iter-{k:03d}"
-        child = tracker.start(f"iteration-{k}", {"model": model_rec}, parent=parent)
+        child = tracker.start(f"iteration-{k}", {"model": model_rec}, parent=parent,
+                              resume=f"iteration-{k}")
         log.info("iteration %d: separating with %s", k, Path(model_rec).name)
         record = timed("separate", separate_file, recording, str(folder / "stems"), model_rec,
                        None, None, config)

@@ -54,7 +54,9 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     run_dir = Path(report["run_dir"])
     out.print(f"report      {run_dir / 'report.json'}")
     out.print(f"figures     {run_dir / 'iterations.png'}, {run_dir / 'curves.png'}")
-    if config.tracking.enabled:
+    if config.tracking.enabled and config.tracking.uri:
+        out.print(f"MLflow      {config.tracking.uri} (run {report['mlflow_run_id']})")
+    elif config.tracking.enabled:
         out.print(f"MLflow      mlflow ui --backend-store-uri sqlite:///{state / 'mlflow.db'} "
                   "(then open http://127.0.0.1:5000)")
     return 0

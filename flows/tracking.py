@@ -47,17 +47,40 @@ class Tracker:
         return self._experiment_id
 
     def start(self, name: str, params: dict[str, Any] | None = None,
-              tags: dict[str, str] | None = None, parent: str | None = None) -> str | None:
-        """A new run (nested under ``parent`` when given); returns its id, None if disabled."""
+              tags: dict[str, str] | None = None, parent: str | None = None,
+              resume: str | None = None) -> str | None:
+        """A new run (nested under ``parent`` when given); returns its id, None if disabled.
+
+        With ``resume`` (a key such as the run folder), an unfinished run with the same key
+        and parent (one a crash or a killed worker left RUNNING or FAILED) is reopened
+        instead, so a rerun or ``prefect flow-run retry`` continues one MLflow record.
+        """
         if not self.enabled:
             return None
         tags = dict(tags or {})
         if parent:
             tags["mlflow.parentRunId"] = parent
+        if resume is not None:
+            tags["stemloop.resume_key"] = resume
+            found = self._unfinished(resume, parent)
+            if found:
+                self.client.update_run(found, "RUNNING")
+                return found
         run = self.client.create_run(self.experiment_id(), run_name=name, tags=tags)
         if params:
             self.params(run.info.run_id, params)
         return run.info.run_id
+
+    def _unfinished(self, key: str, parent: str | None) -> str | None:
+        quoted = key.replace("'", "\\'")
+        runs = self.client.search_runs(
+            [self.experiment_id()], f"tags.`stemloop.resume_key` = '{quoted}'",
+            order_by=["attributes.start_time DESC"], max_results=20)
+        for run in runs:
+            if (run.info.status != "FINISHED"
+                    and run.data.tags.get("mlflow.parentRunId") == parent):
+                return run.info.run_id
+        return None
 
     def params(self, run_id: str | None, params: dict[str, Any]) -> None:
         if run_id is None:
