@@ -10,7 +10,7 @@ from rich.console import Console
 
 from adapt.errors import UserError
 
-out = Console(highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, markup=False)
 
 
 def add_adapt_command(sub: argparse._SubParsersAction,

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from adapt.errors import UserError
 
-out = Console(highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, markup=False)
 
 
 def add_artefact_commands(sub: argparse._SubParsersAction,
@@ -49,7 +49,7 @@ def cmd_train_artefacts(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     if [*config.model.targets, config.model.complement] != SOURCES:
-        got = ", ".join(config.model.targets)  # no brackets: the console reads them as markup
+        got = ", ".join(config.model.targets)
         raise UserError(f"train-artefacts needs model.targets 'clean' and model.complement "
                         f"'artefacts' (as in configs/artefacts.yaml), not '{got}' and "
                         f"'{config.model.complement}'; use --config artefacts")

@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from importlib import metadata
 
 from rich.console import Console
+from rich.markup import escape
 
 from adapt.errors import UserError
 
 err = Console(stderr=True, highlight=False)
-out = Console(highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, markup=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except UserError as exc:
-        err.print(f"[red]stemloop: error:[/] {exc}", soft_wrap=True)
+        err.print(f"[red]stemloop: error:[/] {escape(str(exc))}", soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("stemloop: interrupted")
@@ -146,7 +147,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "state_dir": str(state_dir(config)),
     }
     for note in stats.warnings():
-        err.print(f"[yellow]stemloop: warning:[/] {note}", soft_wrap=True)
+        err.print(f"[yellow]stemloop: warning:[/] {escape(str(note))}", soft_wrap=True)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-out = Console(highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, markup=False)
 
 
 def add_data_commands(sub: argparse._SubParsersAction,

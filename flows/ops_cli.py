@@ -18,7 +18,7 @@ from rich.console import Console
 
 from adapt.errors import UserError
 
-out = Console(highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, markup=False)
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 

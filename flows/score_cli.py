@@ -12,7 +12,7 @@ from rich.table import Table
 
 from adapt.errors import UserError
 
-out = Console(highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, markup=False)
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".aif", ".aiff"}
 
 

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from adapt.errors import UserError
 
-out = Console(highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, markup=False)
 
 
 def add_train_commands(sub: argparse._SubParsersAction,

@@ -41,7 +41,8 @@ def test_info_on_clipped_input_warns_and_succeeds(capsys, write_wav):
 
 
 @pytest.mark.parametrize("name,content", [("missing.wav", None), ("empty.wav", b""),
-                                          ("junk.flac", b"\x00junk" * 100)])
+                                          ("junk.flac", b"\x00junk" * 100),
+                                          ("reel [1962] take [b].wav", b"")])
 def test_info_on_bad_input_is_one_line_and_exit_2(capsys, tmp_path, name, content):
     path = tmp_path / name
     if content is not None:
