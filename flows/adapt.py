@@ -160,7 +160,7 @@ def general_models(config: Config, rate: int) -> tuple[str, str]:
     working = GENERAL_MODEL / f"model-{config.loop.working_rate}.pt"
     if not working.is_file():
         raise UserError(f"{working}: the general model is missing; train it with `stemloop "
-                        "train-general --out models/general-dialogue-v1 --config general` or "
+                        "train-general --out models/general-dialogue-v2 --config general` or "
                         "pass --set separate.model=CHECKPOINT")
     own = GENERAL_MODEL / f"model-{rate}.pt"
     return str(working), str(own if own.is_file() else working)

@@ -60,7 +60,7 @@ def cmd_train_artefacts(args: argparse.Namespace) -> int:
     separator = load_checkpoint(general).model  # a bad checkpoint fails here, in one line
     if is_artefact_model(separator):
         raise UserError(f"{general}: is an artefact model; --general needs a separator of "
-                        "mixtures (e.g. models/general-dialogue-v1/model-16000.pt)")
+                        "mixtures (e.g. models/general-dialogue-v2/model-16000.pt)")
     if separator.sample_rate != rate:
         raise UserError(f"{general}: runs at {separator.sample_rate} Hz but model.sample_rate "
                         f"is {rate}; set --set model.sample_rate={separator.sample_rate}")

@@ -20,7 +20,7 @@ from datasets.artefactset import ArtefactData, render_artefact_pool
 from datasets.audio import resample
 from datasets.batches import render_pool
 
-GENERAL = Path(__file__).resolve().parent.parent / "models/general-dialogue-v1/model-16000.pt"
+GENERAL = Path(__file__).resolve().parent.parent / "models/general-dialogue-v2/model-16000.pt"
 SCHEMA = CONFIG_DIR / "mixbus/dialogue.yaml"
 TINY = ("model: {targets: [clean], complement: artefacts, channels: 8, hidden: 8, layers: 1,"
         " chunk_frames: 16}\n"
@@ -163,7 +163,7 @@ def test_recipe_post_step_moves_what_it_removes_to_the_complement(tmp_path):
 
 def test_example_recipe_names_the_general_model_then_the_artefact_model():
     files = model_files(CONFIG_DIR / "recipes/dialogue-clean.yaml")
-    assert [f.parent.name for f in files] == ["general-dialogue-v1", "artefacts-v1"]
+    assert [f.parent.name for f in files] == ["general-dialogue-v2", "artefacts-v1"]
 
 
 # ---------------------------------------------------------------- the command
