@@ -65,7 +65,8 @@ def adapt_recording(recording: str, config_path: str | None = None,
     config = load_config(config_path, overrides or [])
     info = probe(recording, config.io.min_duration_s)
     digest = file_digest(recording)
-    run_dir = run_folder(config, recording, digest, run_name)
+    run_dir = run_folder(config, recording, digest, run_name,
+                         general_models(config, info.sample_rate))
     state = state_dir(config)
     library = ensure_library(config.mixbus.library_dir or str(state / "library"),
                              config.mixbus.library_hours, config.mixbus.seed,
@@ -145,11 +146,15 @@ def _log_delivery(tracker: Tracker, parent: str | None, run_dir: Path, best: int
         tracker.artifact(parent, checkpoint, "best-model")
 
 
-def run_folder(config: Config, recording: str, digest: str, run_name: str | None) -> Path:
-    """``<state>/runs/<recording-id>/<run>``; the default run name is the config's digest,
-    so rerunning the same command finds (and resumes) the same folder."""
+def run_folder(config: Config, recording: str, digest: str, run_name: str | None,
+               models: tuple[str, ...] = ()) -> Path:
+    """``<state>/runs/<recording-id>/<run>``; the default run name is the digest of the
+    config and of the starting models' files, so rerunning the same command finds (and
+    resumes) the same folder, and a new general model never resumes an old one's
+    fine-tuning checkpoints."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(recording).stem)[:40] or "recording"
-    name = run_name or "run-" + hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:8]
+    identity = config.model_dump_json() + "".join(file_digest(m) for m in dict.fromkeys(models))
+    name = run_name or "run-" + hashlib.sha256(identity.encode()).hexdigest()[:8]
     return state_dir(config) / "runs" / f"{slug}-{digest[:8]}" / name
 
 

@@ -143,3 +143,19 @@ def test_sigkill_during_fine_tuning_then_rerun_matches_an_uninterrupted_run(
     assert set(got) == set(expected)
     for name in expected:
         assert np.array_equal(got[name], expected[name]), name
+
+
+def test_run_folder_follows_the_config_and_the_starting_model(tmp_path):
+    from adapt.config import load_config
+    from flows.adapt import run_folder
+
+    config = load_config("smoke", [f"orchestration.state_dir={tmp_path}"])
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.write_bytes(b"model a")
+    b.write_bytes(b"model b")
+    same = run_folder(config, "reel.flac", "0" * 64, None, (str(a),))
+    assert same == run_folder(config, "reel.flac", "0" * 64, None, (str(a),))
+    assert same != run_folder(config, "reel.flac", "0" * 64, None, (str(b),))
+    other = load_config("smoke", [f"orchestration.state_dir={tmp_path}", "train.steps=7"])
+    assert same != run_folder(other, "reel.flac", "0" * 64, None, (str(a),))
+    assert run_folder(config, "reel.flac", "0" * 64, "mine", (str(b),)).name == "mine"
