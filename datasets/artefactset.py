@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from datasets.batches import Batch, fixed_batches, remix_batch, render_pool
+from datasets.batches import Batch, cached_pool, fixed_batches, remix_batch, render_pool
 
 PARTS = ("clean", "artefacts")
 # A separator's estimate of one stem: (channels, time) -> (channels, time), same rate. The
@@ -76,17 +76,11 @@ class ArtefactData:
     def pool(self, rate: int, kind: str) -> torch.Tensor:
         if rate != self.rate:
             raise ValueError(f"artefact pools are rendered at {self.rate} Hz, not {rate} Hz")
-        path = self.folder / f"artefacts-{rate}-{kind}.pt"
-        if path.exists():
-            return torch.load(path, weights_only=True)
-        pool = render_artefact_pool(self.estimate, rate, self.schema, self.library,
-                                    self.sizes[kind], self.seconds[kind], self.seeds[kind],
-                                    self.target, self.workers)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".part")
-        torch.save(pool, tmp)
-        tmp.replace(path)
-        return pool
+        return cached_pool(self.folder / f"artefacts-{rate}-{kind}.pt",
+                           lambda: render_artefact_pool(
+                               self.estimate, rate, self.schema, self.library,
+                               self.sizes[kind], self.seconds[kind], self.seeds[kind],
+                               self.target, self.workers))
 
     def __call__(self, rate: int) -> tuple[Callable[[int], Batch], list[Batch]]:
         train, val = self.pool(rate, "train"), self.pool(rate, "val")

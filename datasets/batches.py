@@ -85,6 +85,18 @@ def fixed_batches(pool: torch.Tensor, batch: int) -> list[Batch]:
     return [(chunk.sum(dim=1), chunk) for chunk in pool.split(batch)]
 
 
+def cached_pool(path: Path, render: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The tensor saved at ``path``, else ``render()`` saved there atomically."""
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    pool = render()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part")
+    torch.save(pool, tmp)
+    tmp.replace(path)
+    return pool
+
+
 class TrainingData:
     """Pools at any rate for one schema and library, rendered once and kept on disk.
 
@@ -105,17 +117,10 @@ class TrainingData:
         self.batch_size, self.seed = batch_size, seed
 
     def pool(self, rate: int, kind: str) -> torch.Tensor:
-        path = self.folder / f"pool-{rate}-{kind}.pt"
-        if path.exists():
-            return torch.load(path, weights_only=True)
         seconds = self.pool_seconds if kind == "train" else self.segment_s
-        pool = render_pool(self.schema, self.library, self.sizes[kind], rate, seconds,
-                           self.seeds[kind], self.targets, self.workers)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".part")
-        torch.save(pool, tmp)
-        tmp.replace(path)
-        return pool
+        return cached_pool(self.folder / f"pool-{rate}-{kind}.pt", lambda: render_pool(
+            self.schema, self.library, self.sizes[kind], rate, seconds, self.seeds[kind],
+            self.targets, self.workers))
 
     def __call__(self, rate: int) -> tuple[Callable[[int], Batch], list[Batch]]:
         train, val = self.pool(rate, "train"), self.pool(rate, "val")
