@@ -86,7 +86,7 @@ class Cluster:
         return [(run["name"], run["state"]["name"]) for run in runs]
 
     @staticmethod
-    def wait(check, seconds: float, what: str, every: float = 0.5) -> None:
+    def wait(check, seconds: float, what: str, every: float = 0.5, show=lambda: "") -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             try:
@@ -95,7 +95,7 @@ class Cluster:
             except (httpx.HTTPError, OSError):
                 pass
             time.sleep(every)
-        raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+        raise AssertionError(f"timed out after {seconds} s waiting for {what}\n{show()}")
 
     def tail(self, lines: int = 30) -> str:
         """The end of every worker log (what a failed assertion shows)."""
@@ -134,8 +134,10 @@ def test_two_workers_one_killed_mid_run_then_retry_resumes_from_cache(tiny_libra
             assert f"Deployment '{name}/default' successfully created" in deployed
         cluster.prefect("automation", "create", "--from-file",
                         "configs/automations/crash-silent-runs.yaml")
+        # --limit 1 (as the README advises): a worker never takes both runs, so killing the
+        # victim's worker cannot also take the other run down before its first heartbeat.
         workers = [cluster.spawn(f"worker-{n}", "worker", "start", "--pool", "stemloop",
-                                 "--name", f"worker-{n}") for n in (1, 2)]
+                                 "--name", f"worker-{n}", "--limit", "1") for n in (1, 2)]
         runs = {}
         for path, steps in ((first, 200), (second, 4)):  # the first trains long enough to die
             params = json.dumps({"recording": str(path), "config_path": "smoke",
@@ -160,7 +162,9 @@ def test_two_workers_one_killed_mid_run_then_retry_resumes_from_cache(tiny_libra
         final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
         for run_id in runs.values():
             cluster.wait(lambda r=run_id: cluster.run_state(r) in final, 300,
-                         f"flow run {run_id} to end", every=1)
+                         f"flow run {run_id} to end", every=1,
+                         show=lambda: f"states {[cluster.run_state(r) for r in runs.values()]}\n"
+                                      + cluster.tail())
             assert cluster.run_state(run_id) == "COMPLETED", cluster.tail()
         cached = [name for name, st in cluster.task_states(victim_id) if st == "Cached"]
         assert any(name.startswith("separate-file") for name in cached), cached
@@ -170,5 +174,15 @@ def test_two_workers_one_killed_mid_run_then_retry_resumes_from_cache(tiny_libra
         for report in reports:
             assert len(report["iterations"]) == 2
             assert_stems_sum_to_input(report)
+        from mlflow import MlflowClient
+
+        from adapt.config import load_config
+        from flows.review import runs_table
+        from flows.state import tracking_uri
+
+        table = runs_table(MlflowClient(tracking_uri(state, load_config())), "stemloop")
+        # the retry reopened the crashed run's MLflow parent: one finished parent each
+        assert sorted(table["recording"]) == [first.name, second.name], table
+        assert set(table["status"]) == {"FINISHED"}, table
     finally:
         cluster.close()
