@@ -6,7 +6,10 @@ report. Reports per mixture the general model's dialogue SI-SDR (iteration 0), t
 delivered iteration's, the best peer's (``bench/out/peers.json``), wall time and the
 stage breakdown (Prefect + MLflow overhead = wall time not spent inside a stage, plus
 the MLflow logging stage); and, over all iterations of all mixtures, the Spearman rank
-correlation between the quality estimate (and each of its parts) and the true SI-SDR.
+correlation between the quality estimate (and each of its parts) and the true SI-SDR,
+and how often each orders two iterations of the SAME mixture as the truth does (what the
+stop rule and the delivered iteration depend on; the pooled correlation mostly ranks
+mixtures against each other).
 
     python bench/adapt_quality.py [--names cafe-fr film-it] [--set loop.max_iterations=2]
 """
@@ -14,6 +17,7 @@ correlation between the quality estimate (and each of its parts) and the true SI
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import time
@@ -75,8 +79,23 @@ def summarise(rows: list[dict], peers: dict) -> dict:
                i.get("pseudo_reference/si_sdr"), "matched_reference/si_sdr":
                i.get("matched_reference/si_sdr")}
               for row in rows for k, i in enumerate(row["iterations"])]
+    within = {part: pairs_ordered(points, part) for part in PARTS}
     return {"rows": table, "mean": mean, "spearman_vs_true_si_sdr": correlation,
-            "points": len(truth), "per_iteration": points}
+            "within_mixture_pairs_right": within, "points": len(truth),
+            "per_iteration": points}
+
+
+def pairs_ordered(points: list[dict], part: str, min_gap: float = 0.1) -> str:
+    """'right/pairs': pairs of iterations of one mixture whose true SI-SDR differs by more
+    than ``min_gap`` dB (and whose ``part`` differs), ordered by ``part`` as by the truth."""
+    right = total = 0
+    for _, group in itertools.groupby(points, key=lambda p: p["mixture"]):
+        for a, b in itertools.combinations(list(group), 2):
+            truth, score = b["true"] - a["true"], (b.get(part) or 0.0) - (a.get(part) or 0.0)
+            if abs(truth) > min_gap and score != 0.0:
+                total += 1
+                right += (truth > 0) == (score > 0)
+    return f"{right}/{total}"
 
 
 def main() -> None:
