@@ -9,12 +9,14 @@ Checkpoints inside, so a killed run resumes mid-training.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.context import TaskRunContext
 
+import datasets.adaptset
 from adapt.checkpoint import load_checkpoint, save_checkpoint
 from adapt.config import SUPPORTED_RATES, Config
 from adapt.train import Run, train
@@ -34,7 +36,8 @@ def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
         files.append(Path(parameters["library"]) / "manifest.parquet")
     settings = (config.train, config.upscale, config.loop, parameters["rate"],
                 parameters["folder"])
-    return f"finetune-{content_digest(files, CODE, settings)}"
+    code = (*CODE, datasets.adaptset, sys.modules[__name__])  # this task's own source too
+    return f"finetune-{content_digest(files, code, settings)}"
 
 
 @task(name="fine-tune", cache_key_fn=_key, persist_result=True)

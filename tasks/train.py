@@ -7,6 +7,7 @@ content of their inputs (config, library manifest, code) and skipped.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,8 @@ def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
     train = config.train.model_copy(update={"threads": 0, "workers": 1})
     settings = (config.model, train, config.upscale, config.mixbus,
                 parameters.get("rate"), str(parameters["folder"]))
-    return f"{context.task.name}-{content_digest(files, CODE, settings)}"
+    code = (*CODE, sys.modules[__name__])  # these tasks' own source too
+    return f"{context.task.name}-{content_digest(files, code, settings)}"
 
 
 def progress_logger(config: Config, run_id: str | None, total: int):

@@ -155,8 +155,9 @@ def test_weights_load_only_into_the_same_architecture_and_rate(tmp_path: Path):
     config = tiny(sample_rate=8000)
     source = save_checkpoint(tmp_path / "a.pt", build_model(config))
     target = load_weights_into(build_model(config), source)
-    assert all(torch.equal(a, b) for a, b in zip(target.state_dict().values(),
-                                                 load_checkpoint(source).model.state_dict().values()))
+    loaded = load_checkpoint(source).model.state_dict().values()
+    assert all(torch.equal(a, b)
+               for a, b in zip(target.state_dict().values(), loaded, strict=True))
     for other in (config.model_copy(update={"channels": 2 * config.channels}),
                   config.model_copy(update={"sample_rate": 16000})):
         with pytest.raises(CheckpointError, match="a.pt.*another shape"):
