@@ -65,8 +65,8 @@ def adapt_recording(recording: str, config_path: str | None = None,
     config = load_config(config_path, overrides or [])
     info = probe(recording, config.io.min_duration_s)
     digest = file_digest(recording)
-    run_dir = run_folder(config, recording, digest, run_name,
-                         general_models(config, info.sample_rate))
+    models = general_models(config, info.sample_rate)
+    run_dir = run_folder(config, recording, digest, run_name, models)
     state = state_dir(config)
     library = ensure_library(config.mixbus.library_dir or str(state / "library"),
                              config.mixbus.library_hours, config.mixbus.seed,
@@ -79,8 +79,9 @@ def adapt_recording(recording: str, config_path: str | None = None,
         matched = match_schema(recording, digest, config.mixbus.schema_path, library,
                                str(run_dir / "matched.yaml"))
         timed = Stopwatch()
-        history, stems, stopped = _iterate(recording, info.sample_rate, reference, config,
-                                           run_dir, library, matched, tracker, parent, timed)
+        history, stems, stopped = _iterate(recording, info.sample_rate, models, reference,
+                                           config, run_dir, library, matched, tracker, parent,
+                                           timed)
         report = timed("deliver", deliver, run_dir, history, stems, stopped, recording, digest,
                        parent, started, config)
         report["stages_s"] = {k: round(v, 1) for k, v in timed.stages.items()}
@@ -93,12 +94,14 @@ def adapt_recording(recording: str, config_path: str | None = None,
     return report
 
 
-def _iterate(recording: str, rate: int, reference: str | None, config: Config, run_dir: Path,
-             library: str, matched: str, tracker: Tracker, parent: str | None,
-             timed: Stopwatch) -> tuple[list[dict[str, float]], list[dict[str, str]], str]:
-    """The loop: every iteration's metrics and stems, and why it stopped."""
+def _iterate(recording: str, rate: int, models: tuple[str, str], reference: str | None,
+             config: Config, run_dir: Path, library: str, matched: str, tracker: Tracker,
+             parent: str | None, timed: Stopwatch
+             ) -> tuple[list[dict[str, float]], list[dict[str, str]], str]:
+    """The loop from ``models`` (working rate, recording's rate): every iteration's
+    metrics and stems, and why it stopped."""
     log = get_run_logger()
-    model_work, model_rec = general_models(config, rate)
+    model_work, model_rec = models
     history: list[dict[str, float]] = []
     stems: list[dict[str, str]] = []
     for k in range(config.loop.max_iterations + 1):

@@ -9,7 +9,6 @@ Checkpoints inside, so a killed run resumes mid-training.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
         files.append(Path(parameters["library"]) / "manifest.parquet")
     settings = (config.train, config.upscale, config.loop, parameters["rate"],
                 parameters["folder"])
-    code = (*CODE, datasets.adaptset, sys.modules[__name__])  # this task's own source too
+    code = (*CODE, datasets.adaptset, context.task.fn)
     return f"finetune-{content_digest(files, code, settings)}"
 
 

@@ -7,7 +7,6 @@ content of their inputs (config, library manifest, code) and skipped.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,7 @@ def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
     train = config.train.model_copy(update={"threads": 0, "workers": 1})
     settings = (config.model, train, config.upscale, config.mixbus,
                 parameters.get("rate"), str(parameters["folder"]))
-    code = (*CODE, sys.modules[__name__])  # these tasks' own source too
+    code = (*CODE, training_data, context.task.fn)
     return f"{context.task.name}-{content_digest(files, code, settings)}"
 
 
