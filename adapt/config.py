@@ -72,6 +72,7 @@ class CullConfig(Section):
     threshold_step_db: float = Field(ge=0.0, le=40.0)
     min_duration_s: float = Field(ge=0.0, le=60.0)
     bridge_s: float = Field(ge=0.0, le=10.0)
+    absent_margin_db: float = Field(default=6.0, ge=0.0, le=60.0)
 
 
 class LibraryConfig(Section):

@@ -284,31 +284,34 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
 
 def _where_target_absent(found: list[Segment], target: torch.Tensor, rate: int,
                          config: Config, iteration: int) -> list[Segment]:
-    """Complement segments with the target's active stretches cut out (at a threshold 12 dB
-    below the target cull's, so faint leaked dialogue counts as present): background
-    material without dialogue in it. Falls back to ``found`` when that would leave less
-    than 4 s or less than 30 % of it: too little background variety overfits."""
+    """Complement segments with the target's active stretches cut out: background material
+    without dialogue in it. The target counts as active down to ``cull.absent_margin_db``
+    below its own cull threshold, so faint leaked dialogue is cut out too. Nothing is put
+    back when little remains: a complement taken during speech carries the teacher's
+    leaked dialogue (5 to 14 dB below the background on the demo mixtures), and training
+    on it teaches the model that the recording's voice is background."""
     from datasets.cull import cull
 
     lenient = config.cull.model_copy(update={
-        "threshold_db": max(-120.0, config.cull.threshold_db - 12.0), "min_duration_s": 0.0})
+        "threshold_db": max(-120.0, config.cull.threshold_db - config.cull.absent_margin_db),
+        "min_duration_s": 0.0})
     present = [(s.start / rate, s.stop / rate) for s in cull(target, rate, lenient, iteration)]
-    absent = apply_guidance(found, rate, [], present)
-    kept, total = (sum(s.stop - s.start for s in segs) for segs in (absent, found))
-    return absent if kept >= max(4 * rate, 0.3 * total) else found
+    shortest = config.cull.min_duration_s * rate
+    return [s for s in apply_guidance(found, rate, [], present) if s.stop - s.start >= shortest]
 
 
 def reference_pairs(holdout_file: Path, library: str | None, rate: int, config: Config
                     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The matched-reference set at ``rate``: ``loop.reference_examples`` examples of the
-    run's ``reference.yaml``, rendered once per rate and kept beside ``holdout.json``
-    (empty when the run has no held-out background)."""
+    run's ``reference.yaml``, rendered once per rate and kept beside ``holdout.json``.
+    Without held-out background (a recording whose dialogue never pauses) its noise is
+    the matched library's alone."""
     import json
 
     from datasets.batches import TrainingData
 
     record = json.loads(Path(holdout_file).read_text())
-    if not record.get("reference") or not record["files"]["complement"]:
+    if not record.get("reference"):
         return []
     loop = config.loop
     data = TrainingData(record["reference"], library, [loop.target],

@@ -1,0 +1,70 @@
+"""An iteration's dataset: background material is taken only where the dialogue pauses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from adapt.config import load_config
+from datasets.adaptset import build_iteration
+from datasets.audio import read_audio
+
+ROOT = Path(__file__).resolve().parents[1]
+RATE = 8000
+SPEECH = [(1.0, 3.0), (4.0, 7.0), (9.5, 11.0)]  # seconds; pauses 0-1, 3-4, 7-9.5, 11-12
+
+
+def stems(write_wav, leak_db: float, pauses: bool = True) -> dict[str, Path]:
+    """Crude stems of a 12 s recording: dialogue bursts (with a faint floor of leaked
+    music in the pauses 30 dB under the speech), and a background of steady music that
+    carries the dialogue leaked at ``leak_db`` while it speaks."""
+    rng = np.random.default_rng(1)
+    t = np.arange(12 * RATE) / RATE
+    talking = np.zeros_like(t, dtype=bool)
+    for start, stop in (SPEECH if pauses else [(0.0, 12.0)]):
+        talking |= (t >= start) & (t < stop)
+    voice = np.where(talking, 0.3 * np.sin(2 * np.pi * 300 * t), 0.0)
+    dialogue = voice + np.where(talking, 0.0, 0.007 * rng.standard_normal(len(t)))
+    music = 0.1 * np.sin(2 * np.pi * 440 * t) + 0.02 * rng.standard_normal(len(t))
+    background = music + 10 ** (leak_db / 20) * voice
+    return {"dialogue": write_wav("dialogue.wav", dialogue, RATE),
+            "background": write_wav("background.wav", background, RATE)}
+
+
+def build(tmp_path: Path, files: dict[str, Path]) -> dict:
+    schema = yaml.safe_load((ROOT / "configs" / "mixbus" / "dialogue.yaml").read_text())
+    return build_iteration(files, "dialogue", 0, load_config(), tmp_path / "iter-000", schema,
+                           tmp_path / "holdout.json")
+
+
+def test_background_is_taken_only_in_the_dialogue_pauses(tmp_path, write_wav):
+    record = build(tmp_path, stems(write_wav, leak_db=-6.0))
+    table = pd.read_parquet(tmp_path / "iter-000" / "cull.parquet")
+    background = table[table["stem"] == "complement"]
+    assert record["seconds"]["complement"] > 1.0
+    for start, stop in zip(background["start_s"], background["stop_s"], strict=True):
+        for talk_start, talk_stop in SPEECH:  # no overlap with speech, to within a window
+            assert stop <= talk_start + 0.05 or start >= talk_stop - 0.05, (start, stop)
+    held = json.loads((tmp_path / "holdout.json").read_text())["files"]["complement"]
+    assert held  # the matched reference's background: pauses too
+    for path in [*(tmp_path / "iter-000" / "complement").glob("*.wav"), *map(Path, held)]:
+        audio, _ = read_audio(path)
+        spectrum = np.abs(np.fft.rfft(audio[0].numpy()))
+        freqs = np.fft.rfftfreq(audio.shape[-1], 1 / RATE)
+        voice = spectrum[np.abs(freqs - 300) < 5].max()
+        music = spectrum[np.abs(freqs - 440) < 5].max()
+        assert voice < 0.05 * music, path  # leaked dialogue stays out of the noise set
+
+
+def test_dialogue_that_never_pauses_gives_no_background_rather_than_leaked_dialogue(
+        tmp_path, write_wav):
+    record = build(tmp_path, stems(write_wav, leak_db=-6.0, pauses=False))
+    assert record["seconds"]["complement"] == 0.0
+    schema = yaml.safe_load((tmp_path / "iter-000" / "schema.yaml").read_text())
+    noise = next(bus for bus in schema["buses"] if bus["name"] == "noise")
+    assert "recording" not in [child["name"] for child in noise["children"]]
+    assert json.loads((tmp_path / "holdout.json").read_text())["files"]["complement"] == []
