@@ -9,6 +9,12 @@ new ends and their neighbours with every inherited parameter frozen, until the
 validation SI-SDR is within ``margin_db`` of the low-rate model's (or the step
 budget ends), and stage "all" unfreezes everything, inherited layers at a lower
 learning rate, until it matches or beats the low-rate model.
+
+The report also gives the low-rate model's score on the same high-rate validation set
+when run the way the separation engine runs any model on audio at another rate
+(resampled in and out: ``AtRate``), so a caller can tell whether upscaling paid off.
+On band-limited archival audio it may not: there is nothing above the low rate's
+Nyquist frequency to gain, and the retrained ends can lose what the core had.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from adapt.apply import ModelStep
 from adapt.checkpoint import load_checkpoint
 from adapt.config import TrainConfig, UpscaleConfig
 from adapt.model import RATE_SPECIFIC, Separator, build_model
@@ -46,6 +53,19 @@ def transplant(model: Separator, rate: int) -> Separator:
     return new
 
 
+class AtRate(torch.nn.Module):
+    """``model`` run on ``(batch, channels, time)`` audio at ``rate`` as the separation
+    engine runs it: resampled to the model's rate, targets resampled back, the last
+    source the remainder (so the sources still sum to the input)."""
+
+    def __init__(self, model: Separator, rate: int):
+        super().__init__()
+        self.model, self.step = model, ModelStep(model, rate)
+
+    def forward(self, mixture: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.step(example) for example in mixture])
+
+
 def upscale(model: Separator, rate: int, data: DataForRate, upscale_config: UpscaleConfig,
             train_config: TrainConfig, folder: Path, on_metrics: OnMetrics | None = None
             ) -> tuple[Separator, dict[str, Any]]:
@@ -57,6 +77,7 @@ def upscale(model: Separator, rate: int, data: DataForRate, upscale_config: Upsc
     new = transplant(model, rate)
     report: dict[str, Any] = {"from_rate": model.sample_rate, "to_rate": rate,
                               "low_rate_si_sdr": reference,
+                              "resampled_si_sdr": validate(AtRate(model, rate), val)["val/si_sdr"],
                               "transplanted_si_sdr": validate(new, val)["val/si_sdr"]}
     offset = 0
 

@@ -3,7 +3,10 @@
 Trains at the working rate from the current working-rate model, validating on the
 run's matched reference (library voices over the recording's held-out background;
 the starting weights stay unless training beats them there); then, for a recording above the working
-rate, moves the result up to the recording's rate (frozen new layers, then all).
+rate, moves the result up to the recording's rate (frozen new layers, then all) and
+keeps the upscaled model only if it beats the working-rate model run through
+resampling on the recording-rate reference: on band-limited recordings it often does
+not (film-it: the upscale lost 0.46 dB of true SI-SDR that fine-tuning had gained).
 Checkpoints inside, so a killed run resumes mid-training.
 """
 
@@ -12,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 
 import datasets.adaptset
@@ -61,8 +64,14 @@ def finetune(model: str, schema: str, library: str | None, holdout: str, folder:
     working = save_checkpoint(work / f"model-{current.sample_rate}.pt", current)
     result = {"working": str(working), "recording": str(working)}
     if config.loop.upscale and rate > current.sample_rate and rate in SUPPORTED_RATES:
-        high, _ = upscale(current, rate, data_for, config.upscale, config.train, work,
-                          progress_logger(config, run_id, config.upscale.new_layers_steps
-                                          + config.upscale.all_steps))
-        result["recording"] = str(save_checkpoint(work / f"model-{rate}.pt", high))
+        high, report = upscale(current, rate, data_for, config.upscale, config.train, work,
+                               progress_logger(config, run_id, config.upscale.new_layers_steps
+                                               + config.upscale.all_steps))
+        upscaled, resampled = report["final_si_sdr"], report["resampled_si_sdr"]
+        if upscaled > resampled:
+            result["recording"] = str(save_checkpoint(work / f"model-{rate}.pt", high))
+        get_run_logger().info(
+            f"upscaled to {rate} Hz: {upscaled:.2f} dB on the reference, working-rate model "
+            f"resampled: {resampled:.2f} dB; separating with the "
+            + ("upscaled model" if upscaled > resampled else "working-rate model"))
     return result

@@ -9,7 +9,7 @@ from adapt.config import load_config
 from adapt.metrics import si_sdr
 from adapt.model import RATE_SPECIFIC, build_model
 from adapt.train import Run, train, validate
-from adapt.upscale import climb_ladder, transplant
+from adapt.upscale import AtRate, climb_ladder, transplant
 from datasets.audio import resample
 from tests.signals import toy_batch
 
@@ -60,4 +60,18 @@ def test_ladder_runs_end_to_end_and_reports_each_rung(trained, tmp_path):
         assert report["final_si_sdr"] >= report["new_layers_si_sdr"] - 1e-6
     assert validate(final, data(32000)[1])["val/si_sdr"] == pytest.approx(
         reports[-1]["final_si_sdr"], abs=1e-4)
+    # the baseline a caller compares with: the rung below, resampled in and out
+    assert reports[0]["resampled_si_sdr"] == pytest.approx(
+        validate(AtRate(model, 16000), data(16000)[1])["val/si_sdr"], abs=1e-4)
     assert (tmp_path / "32000-all" / "last.pt").exists()
+
+
+def test_a_lower_rate_model_runs_at_a_higher_rate_like_the_engine_runs_it(trained):
+    _, model = trained
+    mixture = toy_batch(7, 2, 16000, 0.5)[0]  # (batch, 1, time) at 16 kHz
+    with torch.no_grad():
+        out = AtRate(model, 16000)(mixture)
+        low = model(resample(mixture, 16000, 8000))[:, 0]
+    assert out.shape == (2, len(model.sources), 1, mixture.shape[-1])
+    torch.testing.assert_close(out.sum(dim=1), mixture, atol=1e-5, rtol=0)
+    assert float(si_sdr(resample(out[:, 0], 16000, 8000), low).min()) > 20.0
