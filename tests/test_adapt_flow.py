@@ -159,3 +159,29 @@ def test_run_folder_follows_the_config_and_the_starting_model(tmp_path):
     other = load_config("smoke", [f"orchestration.state_dir={tmp_path}", "train.steps=7"])
     assert same != run_folder(other, "reel.flac", "0" * 64, None, (str(a),))
     assert run_folder(config, "reel.flac", "0" * 64, "mine", (str(b),)).name == "mine"
+
+
+@pytest.mark.slow
+def test_a_lower_rate_model_is_upscaled_and_kept_only_if_it_beats_resampling(
+        tiny_library, recording, tmp_path):
+    source, _, _ = recording
+    torch.manual_seed(0)
+    config = load_config("smoke").model.model_copy(update={"complement": "background"})
+    low = save_checkpoint(tmp_path / "tiny-8k.pt", build_model(config, 8000))
+    extra = ("loop.max_iterations=1", "loop.working_rate=8000", "train.threads=1",
+             "tracking.enabled=false")
+    env = {**os.environ, "STEMLOOP_HOME": str(tmp_path / "state")}
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "adapt", str(source), "--config",
+                           "smoke", *overrides(low, tiny_library, *extra)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    verdict = re.search(r"upscaled to 16000 Hz: (-?[\d.]+) dB on the reference, working-rate "
+                        r"model resampled: (-?[\d.]+) dB; separating with the (\w+)",
+                        done.stdout + done.stderr)
+    assert verdict, done.stdout + done.stderr
+    upscaled, resampled, chosen = float(verdict[1]), float(verdict[2]), verdict[3]
+    assert chosen == ("upscaled" if upscaled > resampled else "working")
+    run_dir = next((tmp_path / "state" / "runs").glob("scene-*/run-*"))
+    used = json.loads((run_dir / "iter-001" / "stems" / "separation.json").read_text())
+    assert used["model"].endswith("model-16000.pt" if chosen == "upscaled" else "model-8000.pt")
+    assert used["sample_rate"] == RATE
