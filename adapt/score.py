@@ -308,8 +308,9 @@ def pseudo_reference_si_sdr(model: torch.nn.Module,
     if not pairs:
         return float("nan")
     model.eval()
-    scores = [float(si_sdr(model(mixture)[:, 0], sources[:, 0]).mean())
-              for mixture, sources in pairs]
+    with torch.no_grad():
+        scores = [float(si_sdr(model(mixture)[:, 0], sources[:, 0]).mean())
+                  for mixture, sources in pairs]
     return float(np.mean(scores))
 
 

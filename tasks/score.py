@@ -10,11 +10,14 @@ from prefect import task
 from prefect.context import TaskRunContext
 
 import adapt.score
+import adapt.upscale
+import datasets.adaptset
 from adapt.checkpoint import load_checkpoint
 from adapt.config import SUPPORTED_RATES, Config
 from adapt.metrics import si_sdr
 from adapt.model import frame_stride
 from adapt.score import pseudo_reference_si_sdr, quality_estimate, score_stems
+from adapt.upscale import AtRate
 from datasets.adaptset import holdout_pairs, reference_pairs
 from datasets.audio import read_audio
 from tasks.caching import content_digest
@@ -34,7 +37,8 @@ def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
         files += sorted(p for p in Path(parameters["reference"]).iterdir()
                         if p.suffix.lower() in AUDIO)
     settings = (config.score, config.loop, config.model.latent_rate)
-    return f"score-{content_digest(files, (adapt.score,), settings)}"
+    code = (adapt.score, adapt.upscale, datasets.adaptset, context.task.fn)
+    return f"score-{content_digest(files, code, settings)}"
 
 
 @task(name="score-iteration", cache_key_fn=_key, persist_result=True)
@@ -44,11 +48,12 @@ def score_iteration(stems: dict[str, str], recording: str, model: str, holdout: 
     """Flat ``group/name`` metrics of one iteration, ``quality/estimate`` among them."""
     audio = {name: read_audio(path)[0] for name, path in stems.items()}
     mixture, rate = read_audio(recording)
+    # the references score the model that separated the stems, run as it ran on them
     separator = load_checkpoint(model).model
-    rate_model = separator.sample_rate
-    pseudo = pseudo_reference_si_sdr(separator, holdout_pairs(Path(holdout), rate_model, config))
-    matched = pseudo_reference_si_sdr(separator, reference_pairs(Path(holdout), library,
-                                                                 rate_model, config))
+    at = rate if rate in SUPPORTED_RATES else separator.sample_rate
+    as_run = AtRate(separator, at)
+    pseudo = pseudo_reference_si_sdr(as_run, holdout_pairs(Path(holdout), at, config))
+    matched = pseudo_reference_si_sdr(as_run, reference_pairs(Path(holdout), library, at, config))
     hop = frame_stride(rate, config.model.latent_rate) if rate in SUPPORTED_RATES else None
     scores = score_stems(audio, rate, mixture, tuple(config.score.speech_stems), hop,
                          config.score.dnsmos, config.score.dnsmos_hop_s,
