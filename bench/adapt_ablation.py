@@ -34,6 +34,9 @@ VARIANTS = {
     "own-voice-light": {"own_voice": 0.3, "own_background": 0.7, "music": None},
     "no-own-background": {"own_voice": 0.3, "own_background": 0.0, "music": None},
     "self-only": {"own_voice": 1.0, "own_background": 1.0, "music": 0.0},
+    # library voices split in two: fine-tuning never hears the reference's voices
+    "split-voices": {"own_voice": 0.0, "own_background": 0.7, "music": None,
+                     "split_voices": True},
 }
 __doc__ += "\n".join(f"    {k}: {v}" for k, v in VARIANTS.items())
 
@@ -58,12 +61,35 @@ def schema_for(variant: dict, matched: dict, targets: list[Path], complements: l
     return schema
 
 
+def reference_voice(voice: str) -> bool:
+    """One library voice in three (by name) goes to the unseen-voice reference."""
+    import zlib
+
+    return zlib.crc32(str(voice).encode()) % 3 == 0
+
+
+def restrict_voices(node: dict | list, voices: list[str]) -> None:
+    """Every speech feed under ``node`` draws only ``voices``."""
+    if isinstance(node, list):
+        for child in node:
+            restrict_voices(child, voices)
+        return
+    query = node.get("feed", {}).get("query", {})
+    if query.get("class") == "speech":
+        query["voice"] = list(voices)
+    for key in ("buses", "children"):
+        if key in node:
+            restrict_voices(node[key], voices)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mixture", required=True)
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--variant", required=True, choices=sorted(VARIANTS))
+    parser.add_argument("--model", type=Path,
+                        default=Path("models/general-dialogue-v2/model-16000.pt"))
     parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--every", type=int, default=50)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
@@ -92,27 +118,33 @@ def main() -> None:
     levels = (loudness(crude["dialogue"], rate), loudness(crude["background"], rate))
     matched = yaml.safe_load((args.run_dir / "matched.yaml").read_text())
     variant = VARIANTS[args.variant]
+    import pandas as pd
+
+    library = str(state_dir() / "library")
+    manifest = pd.read_parquet(Path(library) / "manifest.parquet")
+    speakers = sorted(manifest[manifest["class"] == "speech"]["voice"].astype(str).unique())
+    unseen = [v for v in speakers if reference_voice(v)]
     schema = schema_for(variant, matched, targets, complements, "dialogue", levels)
-    work = state_dir() / "ablation" / f"{args.mixture}-{args.variant}-{args.steps}"
+    if variant.get("split_voices"):
+        restrict_voices(schema, [v for v in speakers if not reference_voice(v)])
+    tag = "-".join([args.mixture, args.variant, str(args.steps), args.model.parent.name,
+                    *args.overrides]).replace("/", "_")
+    work = state_dir() / "ablation" / tag
     work.mkdir(parents=True, exist_ok=True)
     (work / "schema.yaml").write_text(yaml.safe_dump(schema, sort_keys=False))
-    library = str(state_dir() / "library")
     t = config.train
     data = TrainingData(work / "schema.yaml", library, ["dialogue"], work / "pools",
                         t.pool_size, 1, t.pool_seconds, t.segment_s, t.batch_size, t.seed,
                         t.workers)
-    model = load_checkpoint(Path("models/general-dialogue-v1/model-16000.pt")).model
+    model = load_checkpoint(args.model).model
     batches, _ = data(model.sample_rate)
     pseudo = holdout_pairs(args.run_dir / "holdout.json", model.sample_rate, config)
     (work / "matched-lib.yaml").write_text(yaml.safe_dump(matched, sort_keys=False))
     lib_data = TrainingData(work / "matched-lib.yaml", library, ["dialogue"], work / "lib-pools",
                             8, 32, t.pool_seconds, t.segment_s, t.batch_size, t.seed + 7, 1)
     _, matched_val = lib_data(model.sample_rate)
-    import pandas as pd
+    from datasets.adaptset import pseudo_reference, reference_schema
 
-    from datasets.adaptset import pseudo_reference
-
-    manifest = pd.read_parquet(Path(library) / "manifest.parquet")
     voices = manifest[manifest["class"] == "speech"].sample(16, random_state=0)["path"]
     held = json.loads((args.run_dir / "holdout.json").read_text())["files"]["complement"]
     over_background = pseudo_reference([Path(library) / p for p in voices],
@@ -122,6 +154,14 @@ def main() -> None:
 
     matched_reference = reference_pairs(args.run_dir / "holdout.json", library,
                                         model.sample_rate, config)
+    # the same, but only voices that the split-voices variant never trains on
+    unseen_schema = reference_schema(matched, [Path(p) for p in held], "dialogue", levels[1])
+    restrict_voices(unseen_schema, unseen)
+    (work / "unseen-reference.yaml").write_text(yaml.safe_dump(unseen_schema, sort_keys=False))
+    loop = config.loop
+    unseen_reference = TrainingData(work / "unseen-reference.yaml", library, ["dialogue"],
+                                    work / "unseen-reference", 1, 32, loop.pseudo_seconds,
+                                    loop.pseudo_seconds, 8, t.seed + 1)(model.sample_rate)[1]
     x = resample(mixture, rate, model.sample_rate)[None]
     y = resample(truth, rate, model.sample_rate)[None]
 
@@ -134,6 +174,7 @@ def main() -> None:
                 "pseudo": validate(model, pseudo)["val/si_sdr"],
                 "matched_library": validate(model, matched_val)["val/si_sdr"],
                 "over_background": validate(model, over_background)["val/si_sdr"],
+                "unseen_reference": validate(model, unseen_reference)["val/si_sdr"],
                 **({"matched_reference": validate(model, matched_reference)["val/si_sdr"]}
                    if matched_reference else {})}
 
@@ -150,6 +191,7 @@ def main() -> None:
         update={"steps": args.steps, "val_every": 10 ** 6, "early_stop_patience": 0})})
     train(model, batches, pseudo[:1], config.train, Run(work / "train"), on_metrics=on_metrics)
     row = {"mixture": args.mixture, "variant": args.variant, "spec": variant,
+           "model": str(args.model),
            "steps": args.steps, "overrides": args.overrides, "curve": curve,
            "wall_s": round(time.monotonic() - started, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)

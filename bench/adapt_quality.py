@@ -12,6 +12,7 @@ stop rule and the delivered iteration depend on; the pooled correlation mostly r
 mixtures against each other).
 
     python bench/adapt_quality.py [--names cafe-fr film-it] [--set loop.max_iterations=2]
+    python bench/adapt_quality.py --merge A.json B.json --out ALL.json   # runs done apart
 """
 
 from __future__ import annotations
@@ -85,6 +86,29 @@ def summarise(rows: list[dict], peers: dict) -> dict:
             "per_iteration": points}
 
 
+def merge(files: list[Path]) -> dict:
+    """One summary of several outputs (mixtures run in separate processes); a mixture
+    found in more than one keeps its last file's rows."""
+    rows, points = {}, {}
+    for path in files:
+        data = json.loads(path.read_text())
+        for row in data["rows"]:
+            rows[row["mixture"]] = row
+            points[row["mixture"]] = [p for p in data["per_iteration"]
+                                      if p["mixture"] == row["mixture"]]
+    flat = [p for name in sorted(rows) for p in points[name]]
+    truth = [p["true"] for p in flat]
+    return {"rows": [rows[name] for name in sorted(rows)],
+            "mean": {k: round(sum(rows[n][k] for n in rows) / len(rows), 2)
+                     for k in ("general", "adapted", "oracle_best", "best_peer_si_sdr")},
+            "spearman_vs_true_si_sdr": {
+                part: round(float(spearmanr([p.get(part, float("nan")) for p in flat],
+                                            truth).statistic), 3) for part in PARTS},
+            "within_mixture_pairs_right": {part: pairs_ordered(flat, part) for part in PARTS},
+            "points": len(flat), "per_iteration": flat,
+            "merged_from": [str(f) for f in files]}
+
+
 def pairs_ordered(points: list[dict], part: str, min_gap: float = 0.1) -> str:
     """'right/pairs': pairs of iterations of one mixture whose true SI-SDR differs by more
     than ``min_gap`` dB (and whose ``part`` differs), ordered by ``part`` as by the truth."""
@@ -105,7 +129,16 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--run", default="bench", help="run name (one folder per mixture)")
     parser.add_argument("--out", type=Path, default=Path("bench/out/adapt_quality.json"))
+    parser.add_argument("--merge", nargs="+", type=Path, help="summarise these outputs instead")
     args = parser.parse_args()
+    if args.merge:
+        summary = merge(args.merge)
+        args.out.write_text(json.dumps(summary, indent=2))
+        print(json.dumps({k: v for k, v in summary.items()
+                          if k not in ("rows", "per_iteration")}, indent=2))
+        for row in summary["rows"]:
+            print(row)
+        return
     names = args.names or sorted(p.name for p in DEMO.iterdir() if p.is_dir())
     peers_file = Path("bench/out/peers.json")
     peers = {r["mixture"]: r["peers"] for r in json.loads(peers_file.read_text())["rows"]} \
