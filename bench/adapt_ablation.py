@@ -34,6 +34,7 @@ VARIANTS = {
     "own-voice-light": {"own_voice": 0.3, "own_background": 0.7, "music": None},
     "no-own-background": {"own_voice": 0.3, "own_background": 0.0, "music": None},
     "self-only": {"own_voice": 1.0, "own_background": 1.0, "music": 0.0},
+    "own-background-always": {"own_voice": 0.0, "own_background": 1.0, "music": None},
     # library voices split in two: fine-tuning never hears the reference's voices
     "split-voices": {"own_voice": 0.0, "own_background": 0.7, "music": None,
                      "split_voices": True},

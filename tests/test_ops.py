@@ -76,10 +76,10 @@ def batch(tmp_path_factory, tiny_library, prefect_harness):
     blocked = good.pop()
     (folder / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 50)
     state = tmp_path_factory.mktemp("batch-state")
-    # 160 steps without early stopping (not the preset's 4): each run lasts well over the
+    # 400 steps without early stopping (not the preset's 4): each run lasts well over the
     # ~5 s that the three child flow runs take to start, so they surely overlap
     sets = tiny_sets(tiny_model(folder / "tiny.pt"), tiny_library,
-                     "orchestration.concurrency=3", "train.steps=160",
+                     "orchestration.concurrency=3", "train.steps=400",
                      "train.early_stop_patience=0")
     argv = ["adapt-batch", str(folder / "manifest.csv"), "--config", "smoke",
             *[a for s in sets for a in ("--set", s)]]
@@ -94,7 +94,7 @@ def batch(tmp_path_factory, tiny_library, prefect_harness):
         in_the_way.parent.mkdir(parents=True)
         in_the_way.write_text("not a folder")
         rows = ["recording,overrides,reference", f"{good[0].name},,truth-0",
-                f"{good[1].name},train.steps=140,", f"{good[2].name},,", "corrupt.wav,,",
+                f"{good[1].name},train.steps=380,", f"{good[2].name},,", "corrupt.wav,,",
                 f"{blocked.name},,"]
         (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
         code = main(argv)
@@ -131,7 +131,7 @@ def test_batch_three_at_once_own_folders_and_mlflow_runs(batch):
                                       f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
         assert len(children) == 2  # iterations 0 and 1, under their own parent only
         spans.append((parent.info.start_time, parent.info.end_time))
-    assert max(s for s, _ in spans) < min(e for _, e in spans)  # all three ran at once
+    assert max(s for s, _ in spans) < min(e for _, e in spans), spans  # all three at once
     assert done.loc["scene-0.wav", "si_sdr"] != ""  # the row with a reference
     assert done.loc["scene-1.wav", "si_sdr"] == ""
 
