@@ -35,6 +35,9 @@ VARIANTS = {
     "no-own-background": {"own_voice": 0.3, "own_background": 0.0, "music": None},
     "self-only": {"own_voice": 1.0, "own_background": 1.0, "music": 0.0},
     "own-background-always": {"own_voice": 0.0, "own_background": 1.0, "music": None},
+    # voices only from recorded speech (fillets-ng voice acting), no synthetic ones
+    "recorded-voices": {"own_voice": 0.0, "own_background": 0.7, "music": None,
+                        "recorded_voices": True},
     # library voices split in two: fine-tuning never hears the reference's voices
     "split-voices": {"own_voice": 0.0, "own_background": 0.7, "music": None,
                      "split_voices": True},
@@ -126,6 +129,10 @@ def main() -> None:
     speakers = sorted(manifest[manifest["class"] == "speech"]["voice"].astype(str).unique())
     unseen = [v for v in speakers if reference_voice(v)]
     schema = schema_for(variant, matched, targets, complements, "dialogue", levels)
+    if variant.get("recorded_voices"):
+        speech = manifest[manifest["class"] == "speech"]
+        restrict_voices(schema, sorted(speech[speech["tool"] == "fillets-ng"]["voice"]
+                                       .astype(str).unique()))
     if variant.get("split_voices"):
         restrict_voices(schema, [v for v in speakers if not reference_voice(v)])
     tag = "-".join([args.mixture, args.variant, str(args.steps), args.model.parent.name,
