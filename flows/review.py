@@ -3,9 +3,9 @@
 ``runs_table`` reads the parent runs (tag ``stemloop.flow=adapt``) of the tracking
 experiment. ``report_html`` turns a finished run folder into one HTML file that needs
 nothing else: metric curves across iterations and spectrograms before (iteration 0) and
-after (the delivered iteration) as inline PNGs, and audio players for the recording and
-the final stems as inline FLAC (the first ``seconds`` of each, so hours of audio stay a
-page of a few MB). No Prefect here.
+after (the delivered iteration) as inline PNGs, and audio players for the recording,
+the final stems and (when another iteration was delivered) iteration 0's, as inline
+FLAC (the first ``seconds`` of each, so hours of audio stay a page of a few MB). No Prefect here.
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ def report_html(run_dir: Path, seconds: float = 30.0) -> str:
              "<h2>Spectrograms: iteration 0 (general model) and the delivered iteration</h2>",
              _spectrograms(run_dir, list(report["final"]), best),
              f"<h2>Listen (first {seconds:g} s of each)</h2>",
-             _players(report["recording"], report["final"], seconds)]
+             _players(report["recording"], report["final"], seconds,
+                      _general_stems(run_dir, list(report["final"])) if best else {})]
     title = html.escape(f"stemloop: {Path(report['recording']).name} ({run_dir.name})")
     return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{title}</title>"
             f"<style>{_STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
@@ -131,8 +132,16 @@ def _spectrograms(run_dir: Path, stems: list[str], best: int) -> str:
     return "\n".join(figures)
 
 
-def _players(recording: str, final: dict[str, str], seconds: float) -> str:
-    sources = {"recording (input)": recording, **final}
+def _general_stems(run_dir: Path, stems: list[str]) -> dict[str, str]:
+    """Iteration 0's stems (the general model's), to listen to beside the delivered ones."""
+    return {f"iteration 0 (general model): {name}":
+            str(run_dir / "iter-000" / "stems" / f"{name}.wav") for name in stems}
+
+
+def _players(recording: str, final: dict[str, str], seconds: float,
+             general: dict[str, str]) -> str:
+    sources = {"recording (input)": recording,
+               **{f"delivered: {name}": path for name, path in final.items()}, **general}
     rows = []
     for name, path in sources.items():
         label = html.escape(name)
