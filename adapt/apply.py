@@ -59,6 +59,19 @@ class ModelStep:
         return torch.cat([targets, (audio - targets.sum(0))[None]])
 
 
+class AtRate(torch.nn.Module):
+    """``model`` run on ``(batch, channels, time)`` audio at ``rate`` as the separation
+    engine runs it: resampled to the model's rate, targets resampled back, the last
+    source the remainder (so the sources still sum to the input)."""
+
+    def __init__(self, model: Separator, rate: int):
+        super().__init__()
+        self.model, self.step = model, ModelStep(model, rate)
+
+    def forward(self, mixture: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.step(example) for example in mixture])
+
+
 def overlap_add(fn: ChunkFn, read: Callable[[int, int], torch.Tensor], frames: int, chunk: int,
                 hop: int, emit: Emit) -> None:
     """Stream ``frames`` samples through ``fn`` in windowed chunks; ``emit`` gets them in order.

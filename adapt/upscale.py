@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from adapt.apply import ModelStep
+from adapt.apply import AtRate
 from adapt.checkpoint import load_checkpoint
 from adapt.config import TrainConfig, UpscaleConfig
 from adapt.model import RATE_SPECIFIC, Separator, build_model
@@ -51,19 +51,6 @@ def transplant(model: Separator, rate: int) -> Separator:
         state[name] = resized * ratio if name.startswith("encoder.") else resized
     new.load_state_dict(state)
     return new
-
-
-class AtRate(torch.nn.Module):
-    """``model`` run on ``(batch, channels, time)`` audio at ``rate`` as the separation
-    engine runs it: resampled to the model's rate, targets resampled back, the last
-    source the remainder (so the sources still sum to the input)."""
-
-    def __init__(self, model: Separator, rate: int):
-        super().__init__()
-        self.model, self.step = model, ModelStep(model, rate)
-
-    def forward(self, mixture: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.step(example) for example in mixture])
 
 
 def upscale(model: Separator, rate: int, data: DataForRate, upscale_config: UpscaleConfig,

@@ -68,10 +68,11 @@ def finetune(model: str, schema: str, library: str | None, holdout: str, folder:
                                progress_logger(config, run_id, config.upscale.new_layers_steps
                                                + config.upscale.all_steps))
         upscaled, resampled = report["final_si_sdr"], report["resampled_si_sdr"]
-        if upscaled > resampled:
+        keep = upscaled > resampled
+        if keep:
             result["recording"] = str(save_checkpoint(work / f"model-{rate}.pt", high))
         get_run_logger().info(
             f"upscaled to {rate} Hz: {upscaled:.2f} dB on the reference, working-rate model "
             f"resampled: {resampled:.2f} dB; separating with the "
-            + ("upscaled model" if upscaled > resampled else "working-rate model"))
+            + ("upscaled model" if keep else "working-rate model"))
     return result

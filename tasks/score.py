@@ -9,15 +9,15 @@ import torch
 from prefect import task
 from prefect.context import TaskRunContext
 
+import adapt.apply
 import adapt.score
-import adapt.upscale
 import datasets.adaptset
+from adapt.apply import AtRate
 from adapt.checkpoint import load_checkpoint
 from adapt.config import SUPPORTED_RATES, Config
 from adapt.metrics import si_sdr
 from adapt.model import frame_stride
 from adapt.score import pseudo_reference_si_sdr, quality_estimate, score_stems
-from adapt.upscale import AtRate
 from datasets.adaptset import holdout_pairs, reference_pairs
 from datasets.audio import read_audio
 from tasks.caching import content_digest
@@ -37,7 +37,7 @@ def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
         files += sorted(p for p in Path(parameters["reference"]).iterdir()
                         if p.suffix.lower() in AUDIO)
     settings = (config.score, config.loop, config.model.latent_rate)
-    code = (adapt.score, adapt.upscale, datasets.adaptset, context.task.fn)
+    code = (adapt.score, adapt.apply, datasets.adaptset, context.task.fn)
     return f"score-{content_digest(files, code, settings)}"
 
 

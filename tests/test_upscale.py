@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from adapt.apply import AtRate
 from adapt.config import load_config
 from adapt.metrics import si_sdr
 from adapt.model import RATE_SPECIFIC, build_model
 from adapt.train import Run, train, validate
-from adapt.upscale import AtRate, climb_ladder, transplant
+from adapt.upscale import climb_ladder, transplant
 from datasets.audio import resample
 from tests.signals import toy_batch
 
