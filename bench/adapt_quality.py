@@ -67,19 +67,25 @@ def summarise(rows: list[dict], peers: dict) -> dict:
                       "stopped": row["stopped"], "best_peer": best_peer[1],
                       "best_peer_si_sdr": best_peer[0], "wall_s": round(row["wall_s"], 1),
                       "overhead_pct": round(100 * (row["wall_s"] - inside) / row["wall_s"], 1)})
-    truth = [i[key] for row in rows for i in row["iterations"]]
-    correlation = {}
-    for part in PARTS:
-        values = [i.get(part, float("nan")) for row in rows for i in row["iterations"]]
-        rho = spearmanr(values, truth).statistic if len(truth) > 2 else float("nan")
-        correlation[part] = round(float(rho), 3)
-    mean = {k: round(sum(t[k] for t in table) / len(table), 2)
-            for k in ("general", "adapted", "oracle_best", "best_peer_si_sdr")}
     points = [{"mixture": row["mixture"], "iteration": k, "true": i[key],
                **{p: i.get(p) for p in PARTS}, "pseudo_reference/si_sdr":
                i.get("pseudo_reference/si_sdr"), "matched_reference/si_sdr":
                i.get("matched_reference/si_sdr")}
               for row in rows for k, i in enumerate(row["iterations"])]
+    return statistics(table, points)
+
+
+def statistics(table: list[dict], points: list[dict]) -> dict:
+    """The summary of per-mixture rows and per-iteration points (grouped by mixture):
+    means, pooled Spearman of each part against the truth, within-mixture orderings."""
+    truth = [p["true"] for p in points]
+    correlation = {}
+    for part in PARTS:
+        values = [p.get(part, float("nan")) for p in points]
+        rho = spearmanr(values, truth).statistic if len(truth) > 2 else float("nan")
+        correlation[part] = round(float(rho), 3)
+    mean = {k: round(sum(t[k] for t in table) / len(table), 2)
+            for k in ("general", "adapted", "oracle_best", "best_peer_si_sdr")}
     within = {part: pairs_ordered(points, part) for part in PARTS}
     return {"rows": table, "mean": mean, "spearman_vs_true_si_sdr": correlation,
             "within_mixture_pairs_right": within, "points": len(truth),
@@ -96,16 +102,8 @@ def merge(files: list[Path]) -> dict:
             rows[row["mixture"]] = row
             points[row["mixture"]] = [p for p in data["per_iteration"]
                                       if p["mixture"] == row["mixture"]]
-    flat = [p for name in sorted(rows) for p in points[name]]
-    truth = [p["true"] for p in flat]
-    return {"rows": [rows[name] for name in sorted(rows)],
-            "mean": {k: round(sum(rows[n][k] for n in rows) / len(rows), 2)
-                     for k in ("general", "adapted", "oracle_best", "best_peer_si_sdr")},
-            "spearman_vs_true_si_sdr": {
-                part: round(float(spearmanr([p.get(part, float("nan")) for p in flat],
-                                            truth).statistic), 3) for part in PARTS},
-            "within_mixture_pairs_right": {part: pairs_ordered(flat, part) for part in PARTS},
-            "points": len(flat), "per_iteration": flat,
+    names = sorted(rows)
+    return {**statistics([rows[n] for n in names], [p for n in names for p in points[n]]),
             "merged_from": [str(f) for f in files]}
 
 
