@@ -7,11 +7,14 @@ rate, moves the result up to the recording's rate (frozen new layers, then all) 
 keeps the upscaled model only if it beats the working-rate model run through
 resampling on the recording-rate reference: on band-limited recordings it often does
 not (film-it: the upscale lost 0.46 dB of true SI-SDR that fine-tuning had gained).
-Checkpoints inside, so a killed run resumes mid-training.
+Checkpoints inside, so a killed run resumes mid-training. The rendered training pools
+(~700 MB an iteration at defaults) serve only that resume: they are removed once the task
+has its result, which the cache keeps.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -75,4 +78,5 @@ def finetune(model: str, schema: str, library: str | None, holdout: str, folder:
             f"upscaled to {rate} Hz: {upscaled:.2f} dB on the reference, working-rate model "
             f"resampled: {resampled:.2f} dB; separating with the "
             + ("upscaled model" if keep else "working-rate model"))
+    shutil.rmtree(work / "pools", ignore_errors=True)
     return result

@@ -81,6 +81,7 @@ def test_adapt_flow_delivers_stems_report_figures_and_mlflow_runs(
         assert (run_dir / f"iter-{k:03d}" / "spectrograms" / "dialogue.png").stat().st_size > 0
         assert "reference/si_sdr_dialogue" in report["iterations"][k]
     assert (run_dir / "iter-001" / "model" / "model-16000.pt").is_file()
+    assert not list(run_dir.glob("iter-*/model/pools"))  # resume-only data, removed when done
     assert (run_dir / "iterations.png").is_file() and (run_dir / "curves.png").is_file()
     client = MlflowClient(tracking_uri(state_dir()))
     parent = client.get_run(report["mlflow_run_id"])
