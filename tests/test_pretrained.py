@@ -1,0 +1,75 @@
+"""The pretrained Spleeter 2-stem model behind the separator's interface (adapt/pretrained.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from adapt.checkpoint import load_checkpoint
+from adapt.pretrained import RATE, SPLEETER, wheel_weights
+from adapt.train import parameter_groups
+from flows.state import resolve_model
+from tests.signals import speechlike
+
+
+@pytest.fixture(scope="module")
+def spleeter() -> torch.nn.Module:
+    return wheel_weights()
+
+
+def test_sources_sum_to_the_mixture_and_keep_shape(spleeter):
+    mixture = torch.randn(2, 3, RATE // 2) * 0.1  # any batch, any channels, any length
+    with torch.no_grad():
+        stems = spleeter(mixture)
+    assert stems.shape == (2, 2, 3, RATE // 2)
+    assert spleeter.sources == ["dialogue", "background"]
+    assert torch.allclose(stems.sum(1), mixture, atol=1e-6)
+
+
+def test_it_keeps_a_voice_and_removes_a_steady_tone(spleeter):
+    voice = torch.from_numpy(speechlike(RATE, 3.0, 1, peak=0.3)).float()
+    tone = 0.1 * torch.sin(2 * torch.pi * 440 * torch.arange(len(voice)) / RATE)
+    with torch.no_grad():
+        dialogue = spleeter((voice + tone)[None, None])[0, 0, 0]
+    kept_tone = float((dialogue * tone).sum() / (tone * tone).sum())
+    kept_voice = float((dialogue * voice).sum() / (voice * voice).sum())
+    assert kept_tone < 0.5 < kept_voice
+
+
+def test_the_name_resolves_to_a_checkpoint_once_and_it_round_trips(spleeter, tmp_path):
+    path = resolve_model(SPLEETER)
+    assert resolve_model(SPLEETER) == path  # written on first use, then reused
+    assert resolve_model(str(tmp_path / "x.pt")) == str(tmp_path / "x.pt")  # paths pass through
+    loaded = load_checkpoint(path).model
+    mixture = torch.randn(1, 1, RATE) * 0.1
+    with torch.no_grad():
+        assert torch.equal(loaded(mixture), spleeter(mixture))
+
+
+def test_fine_tuning_changes_weights_but_not_batch_norm_statistics(spleeter):
+    model = wheel_weights()
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    weight = model.vocals.up7[0].weight.detach().clone()
+    model.train()
+    optimizer = torch.optim.AdamW(parameter_groups(model, "full", 1e-4), 1e-4)
+    mixture = torch.randn(2, 1, RATE) * 0.1
+    loss = (model(mixture)[:, 0] - 0.5 * mixture).pow(2).mean()
+    loss.backward()
+    optimizer.step()
+    assert not torch.equal(model.vocals.up7[0].weight, weight)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in stats.items())
+
+
+def test_separate_cli_takes_the_name(write_wav, tmp_path, capsys):
+    from flows.cli import main
+
+    source = write_wav("scene.wav", speechlike(16000, 2.0, 1, peak=0.3).astype(np.float32))
+    assert main(["separate", str(source), "--model", SPLEETER, "--out", str(tmp_path / "o")]) == 0
+    mixture, rate = sf.read(source, dtype="float32")
+    stems = [sf.read(tmp_path / "o" / f"{n}.wav", dtype="float32") for n in
+             ("dialogue", "background")]
+    assert all(r == rate and s.shape == mixture.shape for s, r in stems)
+    assert np.abs(stems[0][0] + stems[1][0] - mixture).max() < 1e-5
