@@ -8,8 +8,8 @@ keeps the upscaled model only if it beats the working-rate model run through
 resampling on the recording-rate reference: on band-limited recordings it often does
 not (film-it: the upscale lost 0.46 dB of true SI-SDR that fine-tuning had gained).
 Checkpoints inside, so a killed run resumes mid-training. The rendered training pools
-(~700 MB an iteration at defaults) serve only that resume: they are removed once the task
-has its result, which the cache keeps.
+(~700 MB an iteration at defaults) and the ``last.pt`` checkpoints (optimizer state) serve
+only that resume: they are removed once the task has its result, which the cache keeps.
 """
 
 from __future__ import annotations
@@ -79,4 +79,6 @@ def finetune(model: str, schema: str, library: str | None, holdout: str, folder:
             f"resampled: {resampled:.2f} dB; separating with the "
             + ("upscaled model" if keep else "working-rate model"))
     shutil.rmtree(work / "pools", ignore_errors=True)
+    for resume_only in work.glob("*/last.pt"):
+        resume_only.unlink()
     return result
