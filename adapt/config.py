@@ -160,6 +160,7 @@ class GuidanceConfig(Section):
 
 
 class LoopConfig(Section):
+    model: str | None = None  # where the loop starts: "spleeter", a checkpoint, None = own
     max_iterations: int = Field(ge=1, le=100)
     min_delta: float = Field(ge=0.0, le=100.0)
     patience: int = Field(ge=1, le=100)

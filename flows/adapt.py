@@ -31,7 +31,7 @@ from adapt.score import best_iteration, should_stop
 from adapt.separate import GENERAL_MODEL
 from datasets.audio import probe, read_audio, write_audio
 from datasets.files import write_json
-from flows.state import state_dir
+from flows.state import resolve_model, state_dir
 from flows.tracking import Tracker
 from tasks.caching import file_digest
 from tasks.dataset import build_dataset
@@ -162,14 +162,16 @@ def run_folder(config: Config, recording: str, digest: str, run_name: str | None
 
 
 def general_models(config: Config, rate: int) -> tuple[str, str]:
-    """The model to fine-tune (working rate) and the one to separate with at ``rate``."""
-    if config.separate.model:
-        return config.separate.model, config.separate.model
+    """The model to fine-tune (working rate) and the one to separate with at ``rate``:
+    ``loop.model`` when set (one model for both), else the shipped general model's rungs."""
+    if config.loop.model:
+        model = resolve_model(config.loop.model, config)
+        return model, model
     working = GENERAL_MODEL / f"model-{config.loop.working_rate}.pt"
     if not working.is_file():
         raise UserError(f"{working}: the general model is missing; train it with `stemloop "
                         "train-general --out models/general-dialogue-v2 --config general` or "
-                        "pass --set separate.model=CHECKPOINT")
+                        "pass --set loop.model=CHECKPOINT")
     own = GENERAL_MODEL / f"model-{rate}.pt"
     return str(working), str(own if own.is_file() else working)
 

@@ -46,8 +46,8 @@ def recording(tmp_path_factory) -> tuple[Path, Path, Path]:
     return folder / "scene.wav", truth, model
 
 
-def overrides(model: Path, library: Path, *extra: str) -> list[str]:
-    sets = [f"separate.model={model}", f"mixbus.library_dir={library}", "loop.patience=10",
+def overrides(model: Path | str, library: Path, *extra: str) -> list[str]:
+    sets = [f"loop.model={model}", f"mixbus.library_dir={library}", "loop.patience=10",
             *extra]
     return [arg for item in sets for arg in ("--set", item)]
 
@@ -82,6 +82,7 @@ def test_adapt_flow_delivers_stems_report_figures_and_mlflow_runs(
         assert "reference/si_sdr_dialogue" in report["iterations"][k]
     assert (run_dir / "iter-001" / "model" / "model-16000.pt").is_file()
     assert not list(run_dir.glob("iter-*/model/pools"))  # resume-only data, removed when done
+    assert not list(run_dir.glob("iter-*/model/*/last.pt"))
     assert (run_dir / "iterations.png").is_file() and (run_dir / "curves.png").is_file()
     client = MlflowClient(tracking_uri(state_dir()))
     parent = client.get_run(report["mlflow_run_id"])
@@ -186,3 +187,26 @@ def test_a_lower_rate_model_is_upscaled_and_kept_only_if_it_beats_resampling(
     used = json.loads((run_dir / "iter-001" / "stems" / "separation.json").read_text())
     assert used["model"].endswith("model-16000.pt" if chosen == "upscaled" else "model-8000.pt")
     assert used["sample_rate"] == RATE
+
+
+@pytest.mark.slow
+def test_the_loop_adapts_the_pretrained_spleeter_model(tiny_library, recording, tmp_path):
+    from adapt.pretrained import RATE as SPLEETER_RATE
+    from adapt.pretrained import SpleeterSeparator
+
+    source, _, _ = recording
+    extra = ("loop.max_iterations=1", "train.threads=1", "tracking.enabled=false")
+    env = {**os.environ, "STEMLOOP_HOME": str(tmp_path / "state")}
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "adapt", str(source), "--config",
+                           "smoke", *overrides("spleeter", tiny_library, *extra)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_dir = next((tmp_path / "state" / "runs").glob("scene-*/run-*"))
+    tuned = run_dir / "iter-001" / "model" / f"model-{SPLEETER_RATE}.pt"
+    assert isinstance(load_checkpoint(tuned).model, SpleeterSeparator)  # fine-tuned, not upscaled
+    used = json.loads((run_dir / "iter-001" / "stems" / "separation.json").read_text())
+    assert used["model"] == str(tuned) and used["sample_rate"] == RATE
+    report = json.loads((run_dir / "report.json").read_text())
+    mixture, _ = sf.read(source, dtype="float32")
+    stems = [sf.read(p, dtype="float32")[0] for p in report["final"].values()]
+    assert np.abs(sum(stems) - mixture).max() < 1e-5

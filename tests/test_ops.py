@@ -54,7 +54,7 @@ def tiny_model(path: Path) -> Path:
 
 def tiny_sets(model: Path, library: Path, *extra: str) -> list[str]:
     """One iteration of the smoke preset with the tiny model and library."""
-    return [f"separate.model={model}", f"mixbus.library_dir={library}",
+    return [f"loop.model={model}", f"mixbus.library_dir={library}",
             "loop.max_iterations=1", "loop.patience=10", "train.threads=1", *extra]
 
 
