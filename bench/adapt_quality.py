@@ -33,7 +33,7 @@ PARTS = ("quality/estimate", "quality/matched_reference", "quality/pseudo_refere
 
 
 def run(names: list[str], config: str | None, overrides: list[str], run_name: str,
-        done=lambda rows: None) -> list[dict]:
+        done=lambda rows: None, demo: Path = DEMO) -> list[dict]:
     from flows.state import state_dir, use_state_dir
 
     use_state_dir(state_dir())
@@ -41,7 +41,7 @@ def run(names: list[str], config: str | None, overrides: list[str], run_name: st
 
     rows = []
     for name in names:
-        folder = DEMO / name
+        folder = demo / name
         started = time.monotonic()
         report = adapt_recording(str(folder / "mixture.flac"), config, overrides,
                                  str(folder / "truth"), run_name)
@@ -123,6 +123,8 @@ def pairs_ordered(points: list[dict], part: str, min_gap: float = 0.1) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--names", nargs="*", help="demo mixtures (default: all)")
+    parser.add_argument("--demo", type=Path, default=DEMO,
+                        help="folder of <name>/mixture.flac + truth/ (default: the demo set)")
     parser.add_argument("--config", help="preset (default: the default config)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--run", default="bench", help="run name (one folder per mixture)")
@@ -137,7 +139,7 @@ def main() -> None:
         for row in summary["rows"]:
             print(row)
         return
-    names = args.names or sorted(p.name for p in DEMO.iterdir() if p.is_dir())
+    names = args.names or sorted(p.name for p in args.demo.iterdir() if p.is_dir())
     peers_file = Path("bench/out/peers.json")
     peers = {r["mixture"]: r["peers"] for r in json.loads(peers_file.read_text())["rows"]} \
         if peers_file.exists() else {}
@@ -150,7 +152,7 @@ def main() -> None:
         args.out.write_text(json.dumps(summary, indent=2))
         return summary
 
-    summary = write(run(names, args.config, args.overrides, args.run, write))
+    summary = write(run(names, args.config, args.overrides, args.run, write, args.demo))
     print(json.dumps({k: v for k, v in summary.items() if k != "rows"}, indent=2))
     for row in summary["rows"]:
         print(row)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -164,6 +165,8 @@ def three_minute(args: argparse.Namespace) -> dict:
             "audio_s": 180.0, "iterations": len(details.get("iterations", [])),
             "stopped": details.get("stopped"), "stages_s": details.get("stages_s"),
             "recordings_per_hour_per_worker": round(3600 / wall, 2),
+            # the largest waited-for child process (the adapt process itself; Linux: KiB)
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
             "tail": done.stderr[-2000:] if done.returncode else ""}
 
 
