@@ -24,6 +24,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from adapt.checkpoint import load_checkpoint
 from adapt.config import Config, load_config
 from adapt.errors import UserError
 from adapt.plots import curves_png, iterations_png, spectrogram_png
@@ -166,6 +167,7 @@ def general_models(config: Config, rate: int) -> tuple[str, str]:
     ``loop.model`` when set (one model for both), else the shipped general model's rungs."""
     if config.loop.model:
         model = resolve_model(config.loop.model, config)
+        load_checkpoint(model)  # a missing or unusable file: one line naming it
         return model, model
     working = GENERAL_MODEL / f"model-{config.loop.working_rate}.pt"
     if not working.is_file():

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,3 +73,16 @@ def test_installed_console_script_help_version_and_user_error_without_traceback(
     bad = subprocess.run([*exe, "info", str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip() == f"stemloop: error: {tmp_path}: is a directory; give an audio file"
+
+
+@pytest.mark.parametrize("model", ["missing.pt", "not-a-checkpoint.pt"])
+def test_adapt_with_an_unusable_starting_model_is_one_line_and_exit_2(capsys, tmp_path,
+                                                                       write_wav, model):
+    source = write_wav("scene.wav", np.zeros((16000, 1), np.float32))
+    path = tmp_path / model
+    if model.startswith("not"):
+        path.write_bytes(b"not a checkpoint")
+    code, out, err = run(capsys, "adapt", str(source), "--set", f"loop.model={path}")
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and str(path) in err
+    assert not list(Path(os.environ["STEMLOOP_HOME"]).glob("runs/*"))  # no partial run
