@@ -1,0 +1,83 @@
+"""Would a matched reference of *recorded* voices rank a run's iterations as the truth does?
+
+Post hoc, on finished ``adapt`` runs: for each run, the run's own ``reference.yaml``
+(library voices over the recording's held-out background) is rewritten so that every
+speech feed draws only the library's recorded voices (fillets-ng voice acting), rendered
+once, and each iteration's model is scored on it as the score task scores it (``AtRate``
+at the recording's rate). Printed beside the run's matched-reference SI-SDR (mostly
+synthetic voices) and the true SI-SDR from its report.
+
+    python bench/recorded_reference.py RUN_DIR [RUN_DIR ...] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from adapt.apply import AtRate  # noqa: E402
+from adapt.checkpoint import load_checkpoint  # noqa: E402
+from adapt.config import load_config  # noqa: E402
+from adapt.score import pseudo_reference_si_sdr  # noqa: E402
+from bench.adapt_ablation import restrict_voices  # noqa: E402
+from datasets.adaptset import reference_pairs  # noqa: E402
+from datasets.audio import probe  # noqa: E402
+from flows.state import state_dir  # noqa: E402
+
+
+def recorded_voices(library: Path) -> list[str]:
+    manifest = pd.read_parquet(library / "manifest.parquet")
+    speech = manifest[manifest["class"] == "speech"]
+    return sorted(speech[speech["tool"] == "fillets-ng"]["voice"].astype(str).unique())
+
+
+def check(run_dir: Path, library: Path, voices: list[str]) -> list[dict]:
+    report = json.loads((run_dir / "report.json").read_text())
+    config = load_config(None, [f"loop.reference_examples={32}"])
+    work = run_dir / "recorded-reference"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    schema = yaml.safe_load((run_dir / "reference.yaml").read_text())
+    restrict_voices(schema, voices)
+    (work / "reference.yaml").write_text(yaml.safe_dump(schema, sort_keys=False))
+    record = json.loads((run_dir / "holdout.json").read_text())
+    record["reference"] = str(work / "reference.yaml")
+    (work / "holdout.json").write_text(json.dumps(record))
+    rate = probe(report["recording"]).sample_rate
+    pairs = reference_pairs(work / "holdout.json", str(library), rate, config)
+    rows = []
+    for k, it in enumerate(report["iterations"]):
+        used = json.loads((run_dir / f"iter-{k:03d}" / "stems" / "separation.json").read_text())
+        model = AtRate(load_checkpoint(used["model"]).model, rate)
+        rows.append({"run": str(run_dir), "iteration": k,
+                     "true": it.get("reference/si_sdr_dialogue"),
+                     "matched": it["matched_reference/si_sdr"],
+                     "recorded": pseudo_reference_si_sdr(model, pairs)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--library", type=Path, default=state_dir() / "library")
+    parser.add_argument("--out", type=Path, default=Path("bench/out/recorded_reference.json"))
+    args = parser.parse_args()
+    voices = recorded_voices(args.library)
+    print(f"{len(voices)} recorded voices: {voices}")
+    rows = [row for run in args.runs for row in check(run, args.library, voices)]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
