@@ -9,11 +9,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-# Debian packages used by the data engine (speech voices, music rendering, sox); the second
-# group is held-out material for bench/demo_set.py (~38 MB download, ~80 MB installed).
+# Debian packages used by the data engine (speech voices, natural recorded speech from four
+# Asterisk voices ~74 MB, music rendering, sox); the group after it is held-out material for
+# bench/demo_set.py (~38 MB download, ~80 MB installed).
 DEBS := espeak-ng festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k flite \
         fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small \
         fillets-ng-data \
+        asterisk-core-sounds-fr-wav asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav \
+        asterisk-prompt-it-menardi-wav \
         asterisk-core-sounds-en-wav asterisk-prompt-fr-armelle pocketsphinx-testdata \
         festival-czech festvox-czech-machac festvox-italp16k csound-soundfont sox
 

@@ -1,7 +1,9 @@
 """Held-out sources for the demo set: voices, scores and timbres the general model never saw.
 
 The general model's library (``datasets/library.py``) speaks with espeak-ng
-``en-*``, flite, festival kal/ked/slt and fillets-ng voice acting, and plays
+``en-*``, flite, festival kal/ked/slt, fillets-ng voice acting and four other people's
+Asterisk prompts (``datasets/speech.py``: June, Menardi, Carlo, IvrvoiceRU; never
+Allison's Spanish set, her voice being held out here), and plays
 bach … mozart through FluidR3_GM, TimGM6mb and MuseScore_General_Lite. Here:
 
 - speech: real recorded voices — Allison Smith's Asterisk prompts (English,

@@ -125,7 +125,7 @@ def _run_job(job: Job, out: str, cfg: LibraryConfig) -> tuple[list[dict[str, Any
         rows = render_speech(job.job_id, job.seed, out_dir, cfg.speech_clip_s, cfg.lufs,
                              cfg.render_timeout_s)
     elif job.kind == "recorded":
-        rows = import_recorded(job.job_id, Path(job.args[0]), out_dir, cfg.lufs)
+        rows = import_recorded(job.job_id, job.args[0], out_dir, cfg.lufs)
     elif job.kind == "music":
         rows = render_piece(job.job_id, job.seed, out_dir, job.args[0], cfg.music_rate,
                             cfg.piece_max_s, cfg.render_timeout_s, cfg.lufs)
@@ -146,15 +146,16 @@ def _job(kind: str, seed: int, index: int, estimate: float, args: tuple = ()) ->
 
 
 def _speech_jobs(seed: int, cfg: LibraryConfig) -> Iterator[Job]:
-    """TTS clips, with recorded voice acting (if installed) as every third job until used up."""
-    from datasets.speech import fillets_clips
+    """TTS clips, with recorded voices (if installed) as every third job until used up."""
+    from datasets.speech import recorded_clips
 
-    recorded = fillets_clips() if cfg.recorded_speech else []
+    recorded = recorded_clips(seed) if cfg.recorded_speech else []
     index = 0
     while True:
         if recorded and index % 3 == 2:
             source = recorded.pop(0)
-            yield _job("recorded", seed, index, 2.0, (str(source),))
+            yield _job("recorded", seed, index, 2.0 if source.subclass == "acted" else 8.0,
+                       (source,))
         else:
             yield _job("speech", seed, index, cfg.speech_clip_s * 1.2)
         index += 1

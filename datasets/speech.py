@@ -1,9 +1,15 @@
-"""Speech sources for the library: Debian TTS voices and recorded voice acting.
+"""Speech sources for the library: Debian TTS voices and recorded voices.
 
 Each job renders one clip with one voice (festival, flite or espeak-ng, with
 varied rate and pitch) reading seeded text, trims silence, normalises loudness
-and writes a mono FLAC. ``fillets-ng-data`` (GPL-2) ships ~6 minutes of real
-recorded English voice acting; when it is installed those clips join too.
+and writes a mono FLAC. Recorded voices join when their Debian packages are installed:
+
+- ``fillets-ng-data`` (GPL-2): ~6 minutes of a game's English voice acting
+  (characters: robots, fish, creatures), ``subclass: acted``;
+- Asterisk's telephone prompts read by four people the demo set does not use
+  (``NATURAL_VOICES``; CC BY-SA 3.0; 8 kHz, ~25 minutes each): natural read speech,
+  ``subclass: natural``. Consecutive prompts of one voice are joined into clips of
+  ``NATURAL_CLIP_S`` with short pauses between them, as speech has.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import random
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +39,16 @@ ESPEAK_VARIANTS = {**{f"m{i}": "male" for i in range(1, 8)},
                    "whisperf": "female", "grandma": "female", "grandpa": "male"}
 ENGINE_WEIGHTS = {"festival": 0.35, "flite": 0.3, "espeak-ng": 0.35}
 FILLETS_DIR = Path("/usr/share/games/fillets-ng/sound")
+ASTERISK_DIR = Path("/usr/share/asterisk/sounds")
+# voice folder -> (Debian package, language, gender); the Menardi set is Paola Dal Zot's
+# voice. Allison Smith (en_US, es_MX) and Armelle Desjardins (fr) are held out for the
+# demo set (datasets/heldout.py).
+NATURAL_VOICES = {"fr_CA_f_June": ("asterisk-core-sounds-fr-wav", "fr", "female"),
+                  "it_IT_f_Menardi": ("asterisk-prompt-it-menardi-wav", "it", "female"),
+                  "it_IT_m_Carlo": ("asterisk-core-sounds-it-wav", "it", "male"),
+                  "ru_RU_f_IvrvoiceRU": ("asterisk-core-sounds-ru-wav", "ru", "female")}
+NATURAL_CLIP_S = 8.0
+NATURAL_GAP_S = 0.3
 
 
 def _run(cmd: list[str], timeout: float) -> None:
@@ -109,18 +126,70 @@ def render_speech(job_id: str, seed: int, out: Path, clip_s: float, lufs: float,
              "loudness": loudness(clip, rate), "seed": seed, **meta}]
 
 
-def fillets_clips() -> list[Path]:
-    """Recorded English voice acting from Debian's fillets-ng-data, if installed."""
-    return sorted(FILLETS_DIR.glob("*/en/*.ogg")) if FILLETS_DIR.is_dir() else []
+@dataclass(frozen=True)
+class RecordedClip:
+    """One library clip from recorded files of one voice (played in order, with pauses)."""
+    tool: str
+    voice: str
+    subclass: str          # natural | acted
+    sources: tuple[str, ...]
 
 
-def import_recorded(job_id: str, source: Path, out: Path, lufs: float) -> list[dict[str, Any]]:
-    data, rate = sf.read(str(source), dtype="float32")
-    clip = trim_and_level(data, rate, lufs)
-    if clip is None or clip.shape[-1] < rate:
+def _natural_clips(folder: Path, clip_s: float) -> list[RecordedClip]:
+    """Consecutive prompts of one voice, grouped until each group lasts ``clip_s``."""
+    clips, group, total = [], [], 0.0
+    for path in sorted(folder.rglob("*.wav")):
+        group.append(str(path))
+        total += sf.info(str(path)).duration + NATURAL_GAP_S
+        if total >= clip_s:
+            clips.append(RecordedClip("asterisk", folder.name, "natural", tuple(group)))
+            group, total = [], 0.0
+    return clips
+
+
+def recorded_clips(seed: int = 0) -> list[RecordedClip]:
+    """Every installed recorded clip, interleaved across sources (each natural voice, and
+    the voice acting as one) so that a budget that stops early still draws all of them;
+    the order within a source is shuffled by ``seed``."""
+    rng = random.Random(seed)
+    sources = []
+    if FILLETS_DIR.is_dir():
+        sources.append([RecordedClip("fillets-ng", p.stem.split("-")[0], "acted", (str(p),))
+                        for p in sorted(FILLETS_DIR.glob("*/en/*.ogg"))])
+    for name in NATURAL_VOICES:
+        if (ASTERISK_DIR / name).is_dir():
+            sources.append(_natural_clips(ASTERISK_DIR / name, NATURAL_CLIP_S))
+    for clips in sources:
+        rng.shuffle(clips)
+    longest = max((len(c) for c in sources), default=0)
+    return [c[i] for i in range(longest) for c in sources if i < len(c)]
+
+
+def _read_joined(sources: tuple[str, ...]) -> tuple[np.ndarray, int]:
+    """The files one after another, ``NATURAL_GAP_S`` of silence between them."""
+    parts, rate = [], None
+    for source in sources:
+        data, r = sf.read(source, dtype="float32", always_2d=True)
+        if rate is not None and r != rate:
+            raise ValueError(f"{source}: {r} Hz, but the clip's first file is {rate} Hz")
+        rate = r
+        if parts:
+            parts.append(np.zeros(int(NATURAL_GAP_S * rate), np.float32))
+        parts.append(data.mean(axis=1))
+    return np.concatenate(parts), rate
+
+
+def import_recorded(job_id: str, clip: RecordedClip, out: Path, lufs: float
+                    ) -> list[dict[str, Any]]:
+    data, rate = _read_joined(clip.sources)
+    audio = trim_and_level(data, rate, lufs)
+    if audio is None or audio.shape[-1] < rate:
         return []
     path = Path("speech") / f"{job_id}.flac"
-    write_audio(out / path, clip, rate, "PCM_16")
-    return [{"id": job_id, "path": str(path), "class": "speech", "subclass": "human",
-             "tool": "fillets-ng", "voice": source.stem.split("-")[0], "source": str(source),
-             "rate": rate, "duration": clip.shape[-1] / rate, "loudness": loudness(clip, rate)}]
+    write_audio(out / path, audio, rate, "PCM_16")
+    meta = ({"language": NATURAL_VOICES[clip.voice][1], "gender": NATURAL_VOICES[clip.voice][2]}
+            if clip.voice in NATURAL_VOICES else {})
+    return [{"id": job_id, "path": str(path), "class": "speech", "subclass": clip.subclass,
+             "tool": clip.tool, "voice": clip.voice, "source": clip.sources[0],
+             "rate": rate, "duration": audio.shape[-1] / rate,
+             "loudness": loudness(audio, rate), **meta}]

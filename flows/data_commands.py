@@ -22,9 +22,10 @@ def add_data_commands(sub: argparse._SubParsersAction,
     cmd = library_sub.add_parser(
         "build", help="render speech, music stems, noise and rooms offline",
         description="Render a labelled library offline: TTS speech (festival, flite, "
-                    "espeak-ng), music stems (music21 scores through FluidSynth), synthetic "
-                    "noise and simulated rooms, with manifest.parquet. Settings: "
-                    "mixbus.library in the config.")
+                    "espeak-ng) and, when their Debian packages are installed, recorded "
+                    "speech (four Asterisk voices, fillets-ng voice acting), music stems "
+                    "(music21 scores through FluidSynth), synthetic noise and simulated "
+                    "rooms, with manifest.parquet. Settings: mixbus.library in the config.")
     cmd.add_argument("--out", required=True, help="library folder (created)")
     cmd.add_argument("--hours", type=float, default=1.0,
                      help="hours of speech and, separately, of music (default 1)")

@@ -112,3 +112,37 @@ def test_room_and_noise_jobs_rebuild_bit_identically(tmp_path):
     # The files are bit-identical; the RT60 measured from them may differ in the last
     # digits (threaded FFT sums round differently from run to run).
     assert rows[0]["rt60"] == pytest.approx(rows[1]["rt60"], rel=1e-9) and rows[0]["rt60"] > 0
+
+
+def test_recorded_voices_are_joined_into_clips_and_interleaved(tmp_path, monkeypatch):
+    """Natural prompts of one voice join into clips of ≥ NATURAL_CLIP_S with pauses between
+    them; every source appears early in the order, so a small budget still draws each."""
+    import soundfile as sf
+
+    import datasets.speech as speech
+
+    rate = 8000
+    for voice, count in (("anna", 7), ("boris", 3)):
+        folder = tmp_path / "asterisk" / voice
+        folder.mkdir(parents=True)
+        for i in range(count):
+            tone = 0.3 * np.sin(2 * np.pi * (200 + 20 * i) * np.arange(3 * rate) / rate)
+            sf.write(folder / f"p{i}.wav", np.pad(tone, rate // 4), rate)   # 3.5 s each
+    acted = tmp_path / "fillets" / "fish" / "en"
+    acted.mkdir(parents=True)
+    sf.write(acted / "fish-hello.ogg", 0.2 * np.sin(np.arange(2 * rate) * 0.2), rate)
+    monkeypatch.setattr(speech, "ASTERISK_DIR", tmp_path / "asterisk")
+    monkeypatch.setattr(speech, "FILLETS_DIR", tmp_path / "fillets")
+    monkeypatch.setattr(speech, "NATURAL_VOICES", {"anna": ("pkg-a", "xx", "female"),
+                                                   "boris": ("pkg-b", "yy", "male")})
+    clips = speech.recorded_clips(seed=3)
+    assert [len(c.sources) for c in clips if c.voice == "anna"] == [3, 3]   # 7th left over
+    assert {c.voice for c in clips[:3]} == {"fish", "anna", "boris"}
+    assert {c.subclass for c in clips} == {"acted", "natural"}
+
+    clip = next(c for c in clips if c.voice == "anna")
+    rows = speech.import_recorded("re0-00001", clip, tmp_path / "lib", -23.0)
+    audio, got = sf.read(tmp_path / "lib" / rows[0]["path"])
+    assert got == rate and rows[0]["subclass"] == "natural" and rows[0]["language"] == "xx"
+    assert 3 * 3.5 + 2 * speech.NATURAL_GAP_S - 0.5 < len(audio) / rate <= 3 * 3.5 + 0.6
+    assert abs(rows[0]["loudness"] + 23.0) < 0.5
