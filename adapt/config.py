@@ -174,6 +174,7 @@ class LoopConfig(Section):
     pseudo_seconds: float = Field(gt=0.0, le=60.0)
     pseudo_ratios_db: list[float] = Field(min_length=1)
     reference_examples: int = Field(default=32, ge=1, le=10_000)
+    reference_speech: Literal["natural", "all"] = "natural"
     upscale: bool
     guidance: GuidanceConfig
 

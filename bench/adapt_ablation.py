@@ -72,20 +72,6 @@ def reference_voice(voice: str) -> bool:
     return zlib.crc32(str(voice).encode()) % 3 == 0
 
 
-def restrict_voices(node: dict | list, voices: list[str]) -> None:
-    """Every speech feed under ``node`` draws only ``voices``."""
-    if isinstance(node, list):
-        for child in node:
-            restrict_voices(child, voices)
-        return
-    query = node.get("feed", {}).get("query", {})
-    if query.get("class") == "speech":
-        query["voice"] = list(voices)
-    for key in ("buses", "children"):
-        if key in node:
-            restrict_voices(node[key], voices)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,6 +110,8 @@ def main() -> None:
     variant = VARIANTS[args.variant]
     import pandas as pd
 
+    from datasets.adaptset import restrict_speech
+
     library = str(state_dir() / "library")
     manifest = pd.read_parquet(Path(library) / "manifest.parquet")
     speakers = sorted(manifest[manifest["class"] == "speech"]["voice"].astype(str).unique())
@@ -131,10 +119,10 @@ def main() -> None:
     schema = schema_for(variant, matched, targets, complements, "dialogue", levels)
     if variant.get("recorded_voices"):
         speech = manifest[manifest["class"] == "speech"]
-        restrict_voices(schema, sorted(speech[speech["tool"] == "fillets-ng"]["voice"]
-                                       .astype(str).unique()))
+        restrict_speech(schema, {"voice": sorted(speech[speech["tool"] == "fillets-ng"]["voice"]
+                                                 .astype(str).unique())})
     if variant.get("split_voices"):
-        restrict_voices(schema, [v for v in speakers if not reference_voice(v)])
+        restrict_speech(schema, {"voice": [v for v in speakers if not reference_voice(v)]})
     tag = "-".join([args.mixture, args.variant, str(args.steps), args.model.parent.name,
                     *args.overrides]).replace("/", "_")
     work = state_dir() / "ablation" / tag
@@ -151,7 +139,7 @@ def main() -> None:
     lib_data = TrainingData(work / "matched-lib.yaml", library, ["dialogue"], work / "lib-pools",
                             8, 32, t.pool_seconds, t.segment_s, t.batch_size, t.seed + 7, 1)
     _, matched_val = lib_data(model.sample_rate)
-    from datasets.adaptset import pseudo_reference, reference_schema
+    from datasets.adaptset import pseudo_reference, reference_schema, restrict_speech
 
     voices = manifest[manifest["class"] == "speech"].sample(16, random_state=0)["path"]
     held = json.loads((args.run_dir / "holdout.json").read_text())["files"]["complement"]
@@ -164,7 +152,7 @@ def main() -> None:
                                         model.sample_rate, config)
     # the same, but only voices that the split-voices variant never trains on
     unseen_schema = reference_schema(matched, [Path(p) for p in held], "dialogue", levels[1])
-    restrict_voices(unseen_schema, unseen)
+    restrict_speech(unseen_schema, {"voice": unseen})
     (work / "unseen-reference.yaml").write_text(yaml.safe_dump(unseen_schema, sort_keys=False))
     loop = config.loop
     unseen_reference = TrainingData(work / "unseen-reference.yaml", library, ["dialogue"],

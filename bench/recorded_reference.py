@@ -2,12 +2,14 @@
 
 Post hoc, on finished ``adapt`` runs: for each run, the run's own ``reference.yaml``
 (library voices over the recording's held-out background) is rewritten so that every
-speech feed draws only the library's recorded voices (fillets-ng voice acting), rendered
-once, and each iteration's model is scored on it as the score task scores it (``AtRate``
-at the recording's rate). Printed beside the run's matched-reference SI-SDR (mostly
-synthetic voices) and the true SI-SDR from its report.
+speech feed draws only the library's recorded voices of one ``--subclass`` (``natural``:
+Asterisk prompts read by people; ``acted``: fillets-ng voice acting), rendered once, and
+each iteration's model is scored on it as the score task scores it (``AtRate`` at the
+recording's rate). Printed beside the run's matched-reference SI-SDR and the true SI-SDR
+from its report; the summary recomputes the quality estimate with the new reference in
+place of the run's, and ranks it against the truth as ``adapt_quality.py`` does.
 
-    python bench/recorded_reference.py RUN_DIR [RUN_DIR ...] [--out FILE]
+    python bench/recorded_reference.py RUN_DIR [RUN_DIR ...] [--subclass natural] [--out FILE]
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -27,16 +30,16 @@ from adapt.apply import AtRate  # noqa: E402
 from adapt.checkpoint import load_checkpoint  # noqa: E402
 from adapt.config import load_config  # noqa: E402
 from adapt.score import pseudo_reference_si_sdr  # noqa: E402
-from bench.adapt_ablation import restrict_voices  # noqa: E402
-from datasets.adaptset import reference_pairs  # noqa: E402
+from bench.adapt_quality import PARTS, pairs_ordered  # noqa: E402
+from datasets.adaptset import reference_pairs, restrict_speech  # noqa: E402
 from datasets.audio import probe  # noqa: E402
 from flows.state import state_dir  # noqa: E402
 
 
-def recorded_voices(library: Path) -> list[str]:
+def recorded_voices(library: Path, subclass: str) -> list[str]:
     manifest = pd.read_parquet(library / "manifest.parquet")
     speech = manifest[manifest["class"] == "speech"]
-    return sorted(speech[speech["tool"] == "fillets-ng"]["voice"].astype(str).unique())
+    return sorted(speech[speech["subclass"] == subclass]["voice"].astype(str).unique())
 
 
 def check(run_dir: Path, library: Path, voices: list[str]) -> list[dict]:
@@ -46,7 +49,7 @@ def check(run_dir: Path, library: Path, voices: list[str]) -> list[dict]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     schema = yaml.safe_load((run_dir / "reference.yaml").read_text())
-    restrict_voices(schema, voices)
+    restrict_speech(schema, {"voice": voices})
     (work / "reference.yaml").write_text(yaml.safe_dump(schema, sort_keys=False))
     record = json.loads((run_dir / "holdout.json").read_text())
     record["reference"] = str(work / "reference.yaml")
@@ -57,10 +60,15 @@ def check(run_dir: Path, library: Path, voices: list[str]) -> list[dict]:
     for k, it in enumerate(report["iterations"]):
         used = json.loads((run_dir / f"iter-{k:03d}" / "stems" / "separation.json").read_text())
         model = AtRate(load_checkpoint(used["model"]).model, rate)
-        rows.append({"run": str(run_dir), "iteration": k,
+        recorded = pseudo_reference_si_sdr(model, pairs)
+        parts = {p: it[p] for p in PARTS if p in it}
+        weights = config.score.weights
+        estimate = it["quality/estimate"] + weights.matched_reference * (
+            recorded - it["quality/matched_reference"])
+        rows.append({"mixture": report["recording"], "run": str(run_dir), "iteration": k,
                      "true": it.get("reference/si_sdr_dialogue"),
-                     "matched": it["matched_reference/si_sdr"],
-                     "recorded": pseudo_reference_si_sdr(model, pairs)})
+                     "matched": it["matched_reference/si_sdr"], "recorded": recorded,
+                     **parts, "estimate_recorded": estimate})
         print(rows[-1], flush=True)
     return rows
 
@@ -71,12 +79,19 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--library", type=Path, default=state_dir() / "library")
     parser.add_argument("--out", type=Path, default=Path("bench/out/recorded_reference.json"))
+    parser.add_argument("--subclass", default="natural", choices=["natural", "acted"])
     args = parser.parse_args()
-    voices = recorded_voices(args.library)
-    print(f"{len(voices)} recorded voices: {voices}")
+    voices = recorded_voices(args.library, args.subclass)
+    print(f"{len(voices)} {args.subclass} voices: {voices}")
     rows = [row for run in args.runs for row in check(run, args.library, voices)]
+    summary = {f"spearman {part}": round(float(spearmanr([r[part] for r in rows],
+                                                        [r["true"] for r in rows]).statistic), 3)
+               for part in ("matched", "recorded", "quality/estimate", "estimate_recorded")}
+    summary.update({f"within {part}": pairs_ordered(rows, part)
+                    for part in ("quality/estimate", "estimate_recorded")})
+    print(json.dumps(summary, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=1))
+    args.out.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

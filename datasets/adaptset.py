@@ -152,12 +152,42 @@ def _child(nodes: list[dict[str, Any]], name: str) -> dict[str, Any]:
     raise ValueError(f"the base schema has no bus named {name!r}")
 
 
+def restrict_speech(node: dict[str, Any] | list, query: dict[str, Any]) -> None:
+    """Every library speech feed under ``node`` also matches ``query`` (manifest columns)."""
+    if isinstance(node, list):
+        for child in node:
+            restrict_speech(child, query)
+        return
+    feed_query = node.get("feed", {}).get("query", {})
+    if feed_query.get("class") == "speech":
+        feed_query.update(query)
+    for key in ("buses", "children"):
+        if key in node:
+            restrict_speech(node[key], query)
+
+
+def reference_speech(library: str | None, choice: str) -> dict[str, Any] | None:
+    """The manifest query the matched reference's voices must match: natural recorded
+    speech when ``choice`` is ``natural`` and the library holds at least two such voices;
+    else None (every library voice, synthetic ones included)."""
+    if choice != "natural" or not library:
+        return None
+    import pandas as pd
+
+    manifest = pd.read_parquet(Path(library) / "manifest.parquet")
+    natural = manifest[(manifest["class"] == "speech") & (manifest["subclass"] == "natural")]
+    return {"subclass": "natural"} if natural["voice"].nunique() >= 2 else None
+
+
 def reference_schema(matched: dict[str, Any], background: list[Path], target_name: str,
-                     level: float) -> dict[str, Any]:
+                     level: float, speech: dict[str, Any] | None = None) -> dict[str, Any]:
     """The matched library schema with the recording's held-out ``background`` segments
-    always in its noise bus (drawn within ±4 dB of ``level`` LUFS): library voices, a
-    true target, degraded like the recording, over the recording's own background."""
+    always in its noise bus (drawn within ±4 dB of ``level`` LUFS): library voices (those
+    matching ``speech``, if given), a true target, degraded like the recording, over the
+    recording's own background."""
     schema = copy.deepcopy(matched)
+    if speech:
+        restrict_speech(schema["buses"], speech)
     if background:
         _child(schema["buses"], "noise")["children"].append(
             {"name": "recording", "probability": 1.0,
@@ -208,14 +238,15 @@ def _crop(clip: torch.Tensor, length: int, gen: torch.Generator) -> torch.Tensor
 # ---------------------------------------------------------------- one iteration's dataset
 
 def build_iteration(stems: dict[str, Path], target: str, iteration: int, config: Config,
-                    folder: Path, base_schema: dict[str, Any], holdout_file: Path
-                    ) -> dict[str, Any]:
+                    folder: Path, base_schema: dict[str, Any], holdout_file: Path,
+                    reference_voices: dict[str, Any] | None = None) -> dict[str, Any]:
     """Cull an iteration's stems and write its dataset into ``folder``.
 
     Iteration 0 also chooses the held-out segments and records them in
     ``holdout_file`` (their files and time regions); later iterations never train on
-    those regions. Returns a small record: coverage and seconds per stem, the schema
-    path, the held-out files.
+    those regions. The matched reference's voices match ``reference_voices``
+    (see ``reference_speech``). Returns a small record: coverage and seconds per stem,
+    the schema path, the held-out files.
     """
     import json
 
@@ -252,7 +283,8 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
                          for s in split.holdout)
         reference = holdout_file.with_name("reference.yaml")
         reference.write_text(yaml.safe_dump(reference_schema(
-            base_schema, [Path(p) for p in holdout["complement"]], target, levels[1]),
+            base_schema, [Path(p) for p in holdout["complement"]], target, levels[1],
+            reference_voices),
             sort_keys=False))
         holdout_file.write_text(json.dumps({"files": holdout, "regions": regions,
                                             "reference": str(reference)}, indent=1))

@@ -113,7 +113,7 @@ def _iterate(recording: str, rate: int, models: tuple[str, str], reference: str 
         record = timed("separate", separate_file, recording, str(folder / "stems"), model_rec,
                        None, None, config)
         data = timed("dataset", build_dataset, record.stems, k, config, str(folder / "dataset"),
-                     matched, str(run_dir / "holdout.json"))
+                     matched, str(run_dir / "holdout.json"), library)
         metrics = timed("score", score_iteration, record.stems, recording, model_rec,
                         data["holdout"], reference, config, library)
         metrics.update({f"cull/coverage_{n}": v for n, v in data["coverage"].items()})

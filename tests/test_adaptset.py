@@ -68,3 +68,49 @@ def test_dialogue_that_never_pauses_gives_no_background_rather_than_leaked_dialo
     noise = next(bus for bus in schema["buses"] if bus["name"] == "noise")
     assert "recording" not in [child["name"] for child in noise["children"]]
     assert json.loads((tmp_path / "holdout.json").read_text())["files"]["complement"] == []
+
+
+def _speech_queries(node) -> list[dict]:
+    found = []
+    if isinstance(node, list):
+        for child in node:
+            found += _speech_queries(child)
+        return found
+    query = node.get("feed", {}).get("query", {})
+    if query.get("class") == "speech":
+        found.append(query)
+    for key in ("buses", "children"):
+        found += _speech_queries(node.get(key, []))
+    return found
+
+
+def test_matched_reference_draws_natural_voices_only_when_the_library_has_them(tmp_path,
+                                                                                write_wav):
+    from datasets.adaptset import reference_speech
+
+    def library(name: str, voices: list[tuple[str, str]]) -> str:
+        folder = tmp_path / name
+        folder.mkdir()
+        pd.DataFrame([{"class": "speech", "subclass": sub, "voice": v} for sub, v in voices]
+                     + [{"class": "noise", "subclass": "hiss", "voice": None}]
+                     ).to_parquet(folder / "manifest.parquet")
+        return str(folder)
+
+    natural = library("natural", [("natural", "june"), ("natural", "carlo"),
+                                  ("synthetic", "kal")])
+    lone = library("lone", [("natural", "june"), ("synthetic", "kal")])
+    assert reference_speech(natural, "natural") == {"subclass": "natural"}
+    assert reference_speech(natural, "all") is None
+    assert reference_speech(lone, "natural") is None      # one voice is not a reference
+    assert reference_speech(None, "natural") is None
+
+    schema = yaml.safe_load((ROOT / "configs" / "mixbus" / "dialogue.yaml").read_text())
+    build_iteration(stems(write_wav, -30.0), "dialogue", 0, load_config(), tmp_path / "it",
+                    schema, tmp_path / "holdout.json", reference_speech(natural, "natural"))
+    reference = yaml.safe_load((tmp_path / "reference.yaml").read_text())
+    queries = _speech_queries(reference["buses"])
+    assert queries and all(q["subclass"] == "natural" for q in queries)
+    # the training schema keeps every library voice
+    trained = yaml.safe_load((tmp_path / "it" / "schema.yaml").read_text())
+    trained = _speech_queries(trained["buses"])
+    assert trained and all("subclass" not in q for q in trained)
