@@ -20,7 +20,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import pandas as pd
 import yaml
 from scipy.stats import spearmanr
 
@@ -33,13 +32,13 @@ from adapt.score import pseudo_reference_si_sdr  # noqa: E402
 from bench.adapt_quality import PARTS, pairs_ordered  # noqa: E402
 from datasets.adaptset import reference_pairs, restrict_speech  # noqa: E402
 from datasets.audio import probe  # noqa: E402
+from datasets.library import Library  # noqa: E402
 from flows.state import state_dir  # noqa: E402
 
 
 def recorded_voices(library: Path, subclass: str) -> list[str]:
-    manifest = pd.read_parquet(library / "manifest.parquet")
-    speech = manifest[manifest["class"] == "speech"]
-    return sorted(speech[speech["subclass"] == subclass]["voice"].astype(str).unique())
+    speech = Library(library).query(**{"class": "speech", "subclass": subclass})
+    return sorted(speech["voice"].astype(str).unique())
 
 
 def check(run_dir: Path, library: Path, voices: list[str]) -> list[dict]:

@@ -172,11 +172,11 @@ def reference_speech(library: str | None, choice: str) -> dict[str, Any] | None:
     else None (every library voice, synthetic ones included)."""
     if choice != "natural" or not library:
         return None
-    import pandas as pd
+    from datasets.library import Library
 
-    manifest = pd.read_parquet(Path(library) / "manifest.parquet")
-    natural = manifest[(manifest["class"] == "speech") & (manifest["subclass"] == "natural")]
-    return {"subclass": "natural"} if natural["voice"].nunique() >= 2 else None
+    natural = {"subclass": "natural"}
+    voices = Library(library).query(**{"class": "speech", **natural})["voice"]
+    return natural if voices.nunique() >= 2 else None
 
 
 def reference_schema(matched: dict[str, Any], background: list[Path], target_name: str,

@@ -147,15 +147,15 @@ def _job(kind: str, seed: int, index: int, estimate: float, args: tuple = ()) ->
 
 def _speech_jobs(seed: int, cfg: LibraryConfig) -> Iterator[Job]:
     """TTS clips, with recorded voices (if installed) as every third job until used up."""
-    from datasets.speech import recorded_clips
+    from datasets.speech import NATURAL_CLIP_S, recorded_clips
 
     recorded = recorded_clips(seed) if cfg.recorded_speech else []
     index = 0
     while True:
         if recorded and index % 3 == 2:
             source = recorded.pop(0)
-            yield _job("recorded", seed, index, 2.0 if source.subclass == "acted" else 8.0,
-                       (source,))
+            estimate = 2.0 if source.subclass == "acted" else NATURAL_CLIP_S
+            yield _job("recorded", seed, index, estimate, (source,))
         else:
             yield _job("speech", seed, index, cfg.speech_clip_s * 1.2)
         index += 1
