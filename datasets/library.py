@@ -28,6 +28,9 @@ from datasets import augment
 from datasets.audio import check_output_dir, loudness, write_audio
 
 MANIFEST = "manifest.parquet"
+# What a library holds, bumped when a rebuild would add material: 1 synthetic and acted
+# voices; 2 also natural recorded voices (Asterisk prompts; the matched reference's voices).
+RECIPE = 2
 NOISE_KINDS = ("hiss", "hum", "crackle", "tape", "roomtone")
 Progress = Callable[[str, float], None]  # (class, seconds or files just added)
 
@@ -279,9 +282,20 @@ def _write_summary(out: Path, hours: float, seed: int, wall_s: float, workers: i
                    stats: dict[str, dict[str, Any]]) -> None:
     import json
 
-    summary = {"hours": hours, "seed": seed, "workers": workers, "wall_s": round(wall_s, 2),
-               "classes": stats}
+    summary = {"recipe": RECIPE, "hours": hours, "seed": seed, "workers": workers,
+               "wall_s": round(wall_s, 2), "classes": stats}
     (out / "library.json").write_text(json.dumps(summary, indent=2))
+
+
+def library_recipe(root: str | Path) -> int:
+    """The recipe a built library was made with (1 when its summary does not say)."""
+    import json
+
+    summary = Path(root) / "library.json"
+    try:
+        return int(json.loads(summary.read_text()).get("recipe", 1))
+    except (OSError, ValueError, AttributeError):
+        return 1
 
 
 class Library:

@@ -69,7 +69,7 @@ def adapt_recording(recording: str, config_path: str | None = None,
     models = general_models(config, info.sample_rate)
     run_dir = run_folder(config, recording, digest, run_name, models)
     state = state_dir(config)
-    library = ensure_library(config.mixbus.library_dir or str(state / "library"),
+    library = ensure_library(config.mixbus.library_dir, str(state / "library"),
                              config.mixbus.library_hours, config.mixbus.seed,
                              config.mixbus.library)
     tracker = Tracker(config, state)

@@ -44,7 +44,7 @@ def adapt_batch(source: str, config_path: str | None = None,
     jobs = read_jobs(source)
     state = state_dir(config)
     # Built once here: children starting together must not each build a missing library.
-    ensure_library(config.mixbus.library_dir or str(state / "library"),
+    ensure_library(config.mixbus.library_dir, str(state / "library"),
                    config.mixbus.library_hours, config.mixbus.seed, config.mixbus.library)
     log.info("%d recordings, %d at a time", len(jobs), config.orchestration.concurrency)
     with ThreadPoolExecutor(config.orchestration.concurrency,

@@ -33,7 +33,7 @@ def train_artefacts(out: str, general: str, target: str, config_path: str | None
     """Train an artefact model of ``general``'s ``target`` stem into folder ``out``."""
     config = load_config(config_path, overrides or [])
     state = state_dir(config)
-    library = ensure_library(library or config.mixbus.library_dir or str(state / "library"),
+    library = ensure_library(library or config.mixbus.library_dir, str(state / "library"),
                              hours, config.mixbus.seed, config.mixbus.library)
     general_sha = file_digest(general)
     folder = state / "train-artefacts" / f"{_config_id(config)}-{general_sha[:8]}-{target}"

@@ -35,7 +35,7 @@ def train_general(out: str, config_path: str | None = None, overrides: list[str]
     checkpoint ``init`` with a new schedule); returns what ran and its figures."""
     config = load_config(config_path, overrides or [])
     state = state_dir(config)
-    library = ensure_library(library or config.mixbus.library_dir or str(state / "library"),
+    library = ensure_library(library or config.mixbus.library_dir, str(state / "library"),
                              hours, config.mixbus.seed, config.mixbus.library)
     folder = state / "train-general" / (_config_id(config) if not init
                                          else f"{_config_id(config)}-{file_digest(init)[:8]}")
@@ -99,7 +99,7 @@ def upscale_model(model: str, rate: int, out: str, config_path: str | None = Non
     """Transplant checkpoint ``model`` to ``rate`` and train the two stages into ``out``."""
     config = load_config(config_path, overrides or [])
     state = state_dir(config)
-    library = ensure_library(library or config.mixbus.library_dir or str(state / "library"),
+    library = ensure_library(library or config.mixbus.library_dir, str(state / "library"),
                              hours, config.mixbus.seed, config.mixbus.library)
     folder = state / "upscale" / f"{file_digest(model)[:12]}-{_config_id(config)}"
     tracker = Tracker(config, state)

@@ -1,19 +1,37 @@
-"""Prefect task: make sure a labelled library exists (builds it when its manifest is missing)."""
+"""Prefect task: make sure a labelled library exists, built with the current recipe."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from adapt.config import LibraryConfig
 
 
 @task(name="labelled-library")
-def ensure_library(folder: str, hours: float, seed: int, config: LibraryConfig) -> str:
-    """The library at ``folder``: reused when ``manifest.parquet`` is there, else built."""
-    from datasets.library import build_library
+def ensure_library(given: str | None, own: str, hours: float, seed: int,
+                   config: LibraryConfig) -> str:
+    """The library to use: ``given`` (one the user named) as it is, else stemloop's own at
+    ``own``, built when missing and rebuilt when an older recipe made it (it lacks material
+    added since). A named library from an older recipe is used with a warning."""
+    from datasets.library import MANIFEST, RECIPE, build_library, check_tools, library_recipe
 
-    if not (Path(folder) / "manifest.parquet").is_file():
-        build_library(folder, hours, seed, config)
-    return folder
+    folder = Path(given or own)
+    if (folder / MANIFEST).is_file():
+        recipe = library_recipe(folder)
+        if recipe >= RECIPE:
+            return str(folder)
+        if given:
+            get_run_logger().warning(
+                "%s: built by an older stemloop (library recipe %d, now %d), so it lacks "
+                "material added since (natural recorded voices); rebuild it with `stemloop "
+                "library build --out %s`", folder, recipe, RECIPE, folder)
+            return str(folder)
+        get_run_logger().warning("%s: built by an older stemloop (library recipe %d, now %d); "
+                                 "rebuilding it", folder, recipe, RECIPE)
+        check_tools()  # a machine that cannot rebuild it keeps the old one
+        shutil.rmtree(folder)
+    build_library(folder, hours, seed, config)
+    return str(folder)

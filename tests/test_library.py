@@ -38,6 +38,42 @@ def test_manifest_has_every_class_and_valid_rows(tiny_library):
     assert summary["classes"]["speech"]["files"] >= 1
 
 
+def test_an_older_recipe_is_rebuilt_when_ours_and_kept_when_named(tiny_library, tmp_path,
+                                                                   prefect_harness):
+    from prefect import flow
+
+    from adapt.config import load_config
+    from datasets.library import RECIPE, library_recipe
+    from tasks.library import ensure_library
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_library, old)
+    summary = json.loads((old / "library.json").read_text())
+    assert summary.pop("recipe") == RECIPE == library_recipe(tiny_library)
+    (old / "library.json").write_text(json.dumps(summary))
+    assert library_recipe(old) == 1
+    config = load_config(None, ["mixbus.library.composers=[bach]",
+                                "mixbus.library.piece_max_s=6",
+                                "mixbus.library.speech_clip_s=4"]).mixbus.library
+
+    @flow
+    def ensure(given: str | None, own: str) -> str:
+        return ensure_library(given, own, 0.002, 3, config)
+
+    def stamp() -> int:
+        return (old / "manifest.parquet").stat().st_mtime_ns
+
+    before = stamp()
+    assert ensure(str(old), str(tmp_path / "own")) == str(old)  # named: used as it is
+    assert library_recipe(old) == 1 and stamp() == before
+    assert not (tmp_path / "own").exists()
+    assert ensure(None, str(old)) == str(old)  # stemloop's own: rebuilt
+    assert library_recipe(old) == RECIPE
+    assert len(Library(old).manifest) > 0
+    rebuilt = stamp()
+    assert ensure(None, str(old)) == str(old) and stamp() == rebuilt  # current: reused
+
+
 def test_speech_stored_at_library_loudness(tiny_library):
     speech = Library(tiny_library).query(**{"class": "speech"})
     assert np.allclose(speech["loudness"], -23.0, atol=0.5)
