@@ -149,6 +149,7 @@ class ScoreConfig(Section):
     dnsmos_hop_s: float = Field(gt=0.0, le=60.0)
     speech_stems: list[str]
     click_threshold: float = Field(gt=1.0, le=100.0)
+    click_match_s: float = Field(ge=0.0, le=0.1)
 
 
 class GuidanceConfig(Section):

@@ -111,6 +111,16 @@ def click_rate(audio: torch.Tensor, rate: int, threshold: float = 8.0) -> float:
     return len(detect_clicks(audio, rate, threshold)) / minutes if minutes else 0.0
 
 
+def unmatched(events: np.ndarray, others: np.ndarray, reach: int) -> int:
+    """How many of the sorted ``events`` have none of the sorted ``others`` within ``reach``."""
+    if not len(events) or not len(others):
+        return len(events)
+    after = np.clip(np.searchsorted(others, events), 0, len(others) - 1)
+    before = np.clip(after - 1, 0, len(others) - 1)
+    nearest = np.minimum(np.abs(others[after] - events), np.abs(others[before] - events))
+    return int((nearest > reach).sum())
+
+
 def seam_jump_db(audio: torch.Tensor, rate: int, period: int, offset: int = 0) -> float:
     """Mean |x[n] - x[n-1]| at seams (``offset + k·period``) over the same elsewhere, in dB.
 
@@ -245,22 +255,31 @@ def dnsmos(audio: torch.Tensor, rate: int, hop_s: float = 4.5) -> dict[str, floa
 
 def score_stems(stems: dict[str, torch.Tensor], rate: int, mixture: torch.Tensor | None = None,
                 speech: tuple[str, ...] = (), hop: int | None = None, use_dnsmos: bool = True,
-                dnsmos_hop_s: float = 4.5, click_threshold: float = 8.0
-                ) -> dict[str, dict[str, float]]:
+                dnsmos_hop_s: float = 4.5, click_threshold: float = 8.0,
+                click_match_s: float = 0.005) -> dict[str, dict[str, float]]:
     """Every reference-free score for stems ``{name: (channels, time)}``.
 
     Ghosting compares each stem with its complement (the mixture minus the stem, or the
     other stems' sum when no mixture is given). Stems whose name contains one of
     ``speech`` also get DNSMOS. ``hop`` (samples) enables the banding and seam scores.
+    With a mixture, ``clicks_added_per_min`` counts the stem's clicks with no click of the
+    recording within ``click_match_s``: the ones separation made, not the recording's own
+    crackle passed through (that is leakage, which the reference scores measure).
     Returns ``{stem: {score: value}}`` plus ``"mixture": {"consistency_db": ...}``.
     """
     total = sum(stems.values())
+    minutes = next(iter(stems.values())).shape[-1] / rate / 60.0 or float("inf")
+    own = detect_clicks(mixture, rate, click_threshold) if mixture is not None else None
     result: dict[str, dict[str, float]] = {}
     for name, stem in stems.items():
         complement = (mixture if mixture is not None else total) - stem
-        scores = {"clicks_per_min": click_rate(stem, rate, click_threshold),
+        clicks = detect_clicks(stem, rate, click_threshold)
+        scores = {"clicks_per_min": len(clicks) / minutes,
                   "noise_floor_db": noise_floor_db(stem, rate),
                   "ghosting": ghosting(stem, complement, rate)}
+        if own is not None:
+            reach = round(click_match_s * rate)
+            scores["clicks_added_per_min"] = unmatched(clicks, own, reach) / minutes
         if hop:
             scores["banding_db"] = banding_db(stem, rate, hop)
         if use_dnsmos and any(word in name.lower() for word in speech):
@@ -315,9 +334,10 @@ def pseudo_reference_si_sdr(model: torch.nn.Module,
 
 
 def artefact_penalty(scores: dict[str, float]) -> float:
-    """The target stem's artefacts in dB-like units: 1 per 10 clicks/minute, 1 per dB of
-    banding above 3 dB, 1 per 0.1 of ghosting correlation."""
-    clicks = scores.get("clicks_per_min", 0.0) / 10.0
+    """The target stem's artefacts in dB-like units: 1 per 10 clicks/minute that separation
+    added (all clicks when the mixture was not scored), 1 per dB of banding above 3 dB,
+    1 per 0.1 of ghosting correlation."""
+    clicks = scores.get("clicks_added_per_min", scores.get("clicks_per_min", 0.0)) / 10.0
     banding = max(0.0, scores.get("banding_db", 0.0) - 3.0)
     ghost = 10.0 * max(0.0, scores.get("ghosting", 0.0))
     return clicks + banding + ghost

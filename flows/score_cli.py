@@ -23,7 +23,8 @@ def add_score_command(sub: argparse._SubParsersAction,
         description="Score every audio file in STEMS_DIR without a reference: clicks per "
                     "minute, noise floor in the pauses, banding at the model's hop, ghosting "
                     "(each stem against its complement), DNSMOS for speech stems "
-                    "(score.speech_stems) and, with --mixture, how exactly the stems sum to it. "
+                    "(score.speech_stems) and, with --mixture, how exactly the stems sum to it "
+                    "and the clicks separation added (those the recording itself lacks). "
                     "Prints a table and writes JSON.")
     cmd.add_argument("stems", metavar="STEMS_DIR", help="folder of stems (e.g. from separate)")
     cmd.add_argument("--mixture", metavar="FILE", help="the recording the stems came from")
@@ -50,7 +51,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     hop = args.hop or frame_stride(rate, config.model.latent_rate)
     scores = score_stems(stems, rate, mixture, tuple(config.score.speech_stems), hop,
                          config.score.dnsmos, config.score.dnsmos_hop_s,
-                         config.score.click_threshold)
+                         config.score.click_threshold, config.score.click_match_s)
     write_json(target, {"stems_dir": str(args.stems), "sample_rate": rate, "hop": hop,
                         "scores": scores})
     _print_table(scores)

@@ -57,7 +57,7 @@ def score_iteration(stems: dict[str, str], recording: str, model: str, holdout: 
     hop = frame_stride(rate, config.model.latent_rate) if rate in SUPPORTED_RATES else None
     scores = score_stems(audio, rate, mixture, tuple(config.score.speech_stems), hop,
                          config.score.dnsmos, config.score.dnsmos_hop_s,
-                         config.score.click_threshold)
+                         config.score.click_threshold, config.score.click_match_s)
     metrics = {"pseudo_reference/si_sdr": pseudo, "matched_reference/si_sdr": matched}
     for stem, values in scores.items():
         metrics.update({f"scores/{stem}/{k}": v for k, v in values.items()})

@@ -11,6 +11,7 @@ import torch
 
 from adapt.metrics import sdr, si_sdr, si_sdr_improvement
 from adapt.score import (
+    artefact_penalty,
     banding_db,
     click_rate,
     consistency_db,
@@ -18,7 +19,9 @@ from adapt.score import (
     dnsmos,
     ghosting,
     noise_floor_db,
+    score_stems,
     seam_jump_db,
+    unmatched,
 )
 from tests.signals import speechlike
 
@@ -64,6 +67,38 @@ def test_clean_speech_and_hiss_have_no_clicks():
     assert click_rate(t(x), RATE) <= 1.0  # at most one false event per minute
     x, _ = with_clicks(1)
     assert click_rate(t(x), RATE) == pytest.approx(20 * 6, rel=0.15)  # 20 in 10 s
+
+
+def test_added_clicks_leave_out_the_recordings_own_crackle():
+    """A stem passing 10 of the recording's clicks through and making 8 of its own: all 18
+    count as clicks, only the 8 as added (what the loop's artefact part penalises)."""
+    rng = np.random.default_rng(7)
+    speech = speechlike(RATE, 10.0, 3) + 0.002 * rng.standard_normal(10 * RATE)
+    crackle, made = np.zeros_like(speech), np.zeros_like(speech)
+    slots = rng.permutation(np.arange(800, len(speech) - 800, 800))
+    for p in slots[:20]:
+        crackle[p] = 0.2 * rng.choice([-1, 1])
+    for p in slots[20:28]:
+        made[p] = 0.2 * rng.choice([-1, 1])
+    passed = crackle * np.isin(np.arange(len(speech)), slots[:10])
+    mixture = speech + crackle
+    stem = speech + passed + made
+    scores = score_stems({"dialogue": t(stem[None]), "rest": t((mixture - stem)[None])}, RATE,
+                         t(mixture[None]), use_dnsmos=False)["dialogue"]
+    assert scores["clicks_per_min"] == pytest.approx(18 * 6, abs=6)
+    assert scores["clicks_added_per_min"] == pytest.approx(8 * 6, abs=6)
+    assert artefact_penalty(scores) == pytest.approx(scores["clicks_added_per_min"] / 10
+                                                     + 10 * max(0.0, scores["ghosting"]))
+    assert "clicks_added_per_min" not in score_stems({"dialogue": t(stem[None])}, RATE,
+                                                     use_dnsmos=False)["dialogue"]
+
+
+def test_unmatched_events():
+    events = np.array([10, 100, 200])
+    assert unmatched(events, np.array([12, 150]), reach=5) == 2
+    assert unmatched(events, np.array([95, 205]), reach=5) == 1
+    assert unmatched(events, np.array([], dtype=int), reach=5) == 3
+    assert unmatched(np.array([], dtype=int), np.array([12]), reach=5) == 0
 
 
 @pytest.mark.parametrize("level_db", [-65.0, -50.0, -35.0])
@@ -149,6 +184,7 @@ def test_score_command_writes_json_and_rejects_mismatched_input(tmp_path, capsys
     written = json.loads((stems / "scores.json").read_text())["scores"]
     assert written["noise"]["clicks_per_min"] == pytest.approx(42.0, abs=3)  # 14 clicks in 20 s
     assert written["dialogue"]["clicks_per_min"] == 0.0
+    assert written["noise"]["clicks_added_per_min"] == 0.0  # the recording's own clicks
     assert written["mixture"]["consistency_db"] is None  # exact: -inf is written as null
     capsys.readouterr()
     sf.write(stems / "short.wav", np.zeros(100, np.float32), 22050)
