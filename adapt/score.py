@@ -261,7 +261,7 @@ def score_stems(stems: dict[str, torch.Tensor], rate: int, mixture: torch.Tensor
 
     Ghosting compares each stem with its complement (the mixture minus the stem, or the
     other stems' sum when no mixture is given). Stems whose name contains one of
-    ``speech`` also get DNSMOS. ``hop`` (samples) enables the banding and seam scores.
+    ``speech`` also get DNSMOS. ``hop`` (samples) enables the banding score.
     With a mixture, ``clicks_added_per_min`` counts the stem's clicks with no click of the
     recording within ``click_match_s``: the ones separation made, not the recording's own
     crackle passed through (that is leakage, which the reference scores measure).
