@@ -270,6 +270,7 @@ def score_stems(stems: dict[str, torch.Tensor], rate: int, mixture: torch.Tensor
     total = sum(stems.values())
     minutes = next(iter(stems.values())).shape[-1] / rate / 60.0 or float("inf")
     own = detect_clicks(mixture, rate, click_threshold) if mixture is not None else None
+    reach = round(click_match_s * rate)
     result: dict[str, dict[str, float]] = {}
     for name, stem in stems.items():
         complement = (mixture if mixture is not None else total) - stem
@@ -278,7 +279,6 @@ def score_stems(stems: dict[str, torch.Tensor], rate: int, mixture: torch.Tensor
                   "noise_floor_db": noise_floor_db(stem, rate),
                   "ghosting": ghosting(stem, complement, rate)}
         if own is not None:
-            reach = round(click_match_s * rate)
             scores["clicks_added_per_min"] = unmatched(clicks, own, reach) / minutes
         if hop:
             scores["banding_db"] = banding_db(stem, rate, hop)

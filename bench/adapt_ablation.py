@@ -139,7 +139,7 @@ def main() -> None:
     lib_data = TrainingData(work / "matched-lib.yaml", library, ["dialogue"], work / "lib-pools",
                             8, 32, t.pool_seconds, t.segment_s, t.batch_size, t.seed + 7, 1)
     _, matched_val = lib_data(model.sample_rate)
-    from datasets.adaptset import pseudo_reference, reference_schema, restrict_speech
+    from datasets.adaptset import pseudo_reference, reference_schema
 
     voices = manifest[manifest["class"] == "speech"].sample(16, random_state=0)["path"]
     held = json.loads((args.run_dir / "holdout.json").read_text())["files"]["complement"]
