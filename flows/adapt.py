@@ -29,7 +29,7 @@ from adapt.config import Config, load_config
 from adapt.errors import UserError
 from adapt.plots import curves_png, iterations_png, spectrogram_png
 from adapt.score import best_iteration, should_stop
-from adapt.separate import GENERAL_MODEL
+from adapt.separate import GENERAL_MODEL, shipped_model
 from datasets.audio import probe, read_audio, write_audio
 from datasets.files import write_json
 from flows.state import resolve_model, state_dir
@@ -169,11 +169,11 @@ def general_models(config: Config, rate: int) -> tuple[str, str]:
         model = resolve_model(config.loop.model, config)
         load_checkpoint(model)  # a missing or unusable file: one line naming it
         return model, model
-    working = GENERAL_MODEL / f"model-{config.loop.working_rate}.pt"
-    if not working.is_file():
-        raise UserError(f"{working}: the general model is missing; train it with `stemloop "
-                        "train-general --out models/general-dialogue-v2 --config general` or "
-                        "pass --set loop.model=CHECKPOINT")
+    working = shipped_model(config.loop.working_rate)  # a one-rate model: its only rung
+    if working is None:
+        raise UserError(f"{GENERAL_MODEL}: the general model is missing; train it with "
+                        f"`stemloop train-general --out models/{GENERAL_MODEL.name} --init spleeter "
+                        "--config general-spleeter` or pass --set loop.model=CHECKPOINT")
     own = GENERAL_MODEL / f"model-{rate}.pt"
     return str(working), str(own if own.is_file() else working)
 

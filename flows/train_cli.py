@@ -28,7 +28,9 @@ def add_train_commands(sub: argparse._SubParsersAction,
     cmd.add_argument("--alias", default="candidate", help="MLflow alias for the new version")
     cmd.add_argument("--init", metavar="CHECKPOINT",
                      help="continue from this low-rate checkpoint (same architecture) with a "
-                          "fresh schedule of train.steps, e.g. to train the shipped model longer")
+                          "fresh schedule of train.steps, e.g. to train the shipped model longer; "
+                          "or 'spleeter' to fine-tune the pretrained Spleeter 2-stem model at "
+                          "its own 44.1 kHz (with --config general-spleeter)")
     add_config_args(cmd)
     cmd.set_defaults(handler=cmd_train_general)
 
@@ -68,10 +70,17 @@ def _prepare(args: argparse.Namespace):
 def cmd_train_general(args: argparse.Namespace) -> int:
     config, check_output_dir = _prepare(args)
     if args.init:  # a bad or mismatched checkpoint fails here, in one line
-        from adapt.checkpoint import load_weights_into
-        from adapt.model import build_model
+        from flows.state import resolve_model
+        from tasks.train import start_model
 
-        load_weights_into(build_model(config.model), args.init)
+        args.init = resolve_model(args.init, config)
+        model = start_model(config, args.init)
+        if hasattr(model, "DELTA_BASE") and any(r > model.sample_rate
+                                                for r in config.upscale.ladder):
+            raise UserError(f"--init {args.init}: a pretrained model keeps its own rate "
+                            f"({model.sample_rate} Hz) and cannot climb upscale.ladder "
+                            f"{config.upscale.ladder}; pass --config general-spleeter or "
+                            "--set upscale.ladder=[]")
     check_output_dir(args.out)
     from flows.train_general import train_general
 

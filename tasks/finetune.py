@@ -24,6 +24,7 @@ from prefect.context import TaskRunContext
 import datasets.adaptset
 from adapt.checkpoint import load_checkpoint, save_checkpoint
 from adapt.config import SUPPORTED_RATES, Config
+from adapt.model import Separator
 from adapt.train import Run, train
 from adapt.upscale import upscale
 from datasets.adaptset import holdout_pairs, reference_pairs
@@ -66,7 +67,9 @@ def finetune(model: str, schema: str, library: str | None, holdout: str, folder:
           keep_start=True)
     working = save_checkpoint(work / f"model-{current.sample_rate}.pt", current)
     result = {"working": str(working), "recording": str(working)}
-    if config.loop.upscale and rate > current.sample_rate and rate in SUPPORTED_RATES:
+    # A pretrained model (Spleeter) has one rate: the recording is resampled for it instead.
+    if (config.loop.upscale and isinstance(current, Separator) and rate > current.sample_rate
+            and rate in SUPPORTED_RATES):
         high, report = upscale(current, rate, data_for, config.upscale, config.train, work,
                                progress_logger(config, run_id, config.upscale.new_layers_steps
                                                + config.upscale.all_steps))

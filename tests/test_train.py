@@ -60,6 +60,23 @@ def test_all_stage_gives_inherited_layers_a_lower_rate():
     assert all(p.requires_grad for p in model.parameters())
 
 
+def test_frozen_globs_never_train_in_any_stage(tmp_path):
+    config, model = tiny(("train.freeze=[core.blocks.0.*, head.*]",))
+    frozen = {n for n, _ in model.named_parameters()
+              if n.startswith(("core.blocks.0.", "head."))}
+    assert frozen
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(model, batches(config), [toy_batch(99, 2, RATE, 0.5)], config.train,
+          Run(tmp_path), steps=6)
+    params = dict(model.named_parameters())
+    for name in frozen:
+        assert torch.equal(params[name], before[name]) and not params[name].requires_grad
+    assert any(not torch.equal(params[n], before[n]) for n in params if n not in frozen)
+    held = {id(p) for g in parameter_groups(model, "all", 0.01, 0.1, config.train.freeze)
+            for p in g["params"]}
+    assert not held & {id(params[n]) for n in frozen}  # not even in stage "all"
+
+
 def test_losses_ignore_silent_references_and_vanish_on_a_perfect_estimate():
     config, _ = tiny(("train.loss.l1=1.0", "train.loss.mrstft=1.0"))
     mixture, sources = toy_batch(1, 2, RATE, 0.5)
