@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torchaudio
 
 from adapt.checkpoint import load_checkpoint, save_checkpoint
 from adapt.config import load_config
@@ -194,7 +195,10 @@ def test_the_loop_adapts_the_pretrained_spleeter_model(tiny_library, recording, 
     from adapt.pretrained import RATE as SPLEETER_RATE
     from adapt.pretrained import SpleeterSeparator
 
-    source, _, _ = recording
+    scene, rate = sf.read(recording[0], dtype="float32")
+    source = tmp_path / "scene.wav"  # at 48 kHz: above the model's one rate, so never upscaled
+    sf.write(source, torchaudio.functional.resample(torch.from_numpy(scene), rate, 48000).numpy(),
+             48000, subtype="FLOAT")
     extra = ("loop.max_iterations=1", "train.threads=1", "tracking.enabled=false")
     env = {**os.environ, "STEMLOOP_HOME": str(tmp_path / "state")}
     done = subprocess.run([sys.executable, "-m", "flows.cli", "adapt", str(source), "--config",
@@ -205,7 +209,7 @@ def test_the_loop_adapts_the_pretrained_spleeter_model(tiny_library, recording, 
     tuned = run_dir / "iter-001" / "model" / f"model-{SPLEETER_RATE}.pt"
     assert isinstance(load_checkpoint(tuned).model, SpleeterSeparator)  # fine-tuned, not upscaled
     used = json.loads((run_dir / "iter-001" / "stems" / "separation.json").read_text())
-    assert used["model"] == str(tuned) and used["sample_rate"] == RATE
+    assert used["model"] == str(tuned) and used["sample_rate"] == 48000
     report = json.loads((run_dir / "report.json").read_text())
     mixture, _ = sf.read(source, dtype="float32")
     stems = [sf.read(p, dtype="float32")[0] for p in report["final"].values()]
