@@ -57,7 +57,7 @@ class Job:
     strength: float
 
 
-GENERAL_MODEL = Path(__file__).resolve().parent.parent / "models" / "general-dialogue-v2"
+GENERAL_MODEL = Path(__file__).resolve().parent.parent / "models" / "general-dialogue-v3"
 
 
 def shipped_model(rate: int, folder: Path = GENERAL_MODEL) -> Path | None:

@@ -4,10 +4,14 @@ Renders ``--examples`` mixtures from ``configs/mixbus/dialogue.yaml`` with a lib
 built from a different seed than the training library (other sentences, pieces,
 noises and rooms; the TTS voices and soundfonts are necessarily the same), at each
 checkpoint's own rate, separates them in one pass and reports dialogue SI-SDR and
-SI-SDRi (improvement over the unprocessed mixture), mean and median.
+SI-SDRi (improvement over the unprocessed mixture), mean and median. With ``--rates``
+the examples are rendered at those rates instead and resampled to and from a checkpoint
+of another rate (a one-rate pretrained model such as general-dialogue-v3 at 44.1 kHz).
 
     python bench/bench_general.py --library .stemloop/library-heldout \
         models/general-dialogue-v1/model-16000.pt models/general-dialogue-v1/model-48000.pt
+    python bench/bench_general.py --library .stemloop/library-heldout --examples 100 \
+        --rates 16000 48000 models/general-dialogue-v3/model-44100.pt
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+import torchaudio
 
 from adapt.checkpoint import load_checkpoint
 from adapt.config import CONFIG_DIR
@@ -26,10 +31,11 @@ from adapt.metrics import si_sdr
 from datasets.batches import render_pool
 
 
-def evaluate(checkpoint: Path, library: Path, examples: int, seconds: float, seed: int
-             ) -> dict:
+def evaluate(checkpoint: Path, library: Path, examples: int, seconds: float, seed: int,
+             rate: int | None = None) -> dict:
     model = load_checkpoint(checkpoint).model
-    rate = model.sample_rate
+    own = model.sample_rate
+    rate = rate or own
     pool = render_pool(CONFIG_DIR / "mixbus" / "dialogue.yaml", library, examples, rate,
                        seconds, seed, list(model.config.targets), workers=2)
     scores, improvements = [], []
@@ -38,12 +44,15 @@ def evaluate(checkpoint: Path, library: Path, examples: int, seconds: float, see
         for sources in pool.split(4):
             mixture = sources.sum(dim=1)
             target = sources[:, 0]
-            estimate = model(mixture)[:, 0]
+            resampled = torchaudio.functional.resample(mixture, rate, own)
+            estimate = torchaudio.functional.resample(model(resampled)[:, 0], own, rate)
+            estimate = estimate[..., :mixture.shape[-1]]
             score = si_sdr(estimate, target).flatten()
             scores.append(score)
             improvements.append(score - si_sdr(mixture, target).flatten())
     score, improvement = torch.cat(scores), torch.cat(improvements)
-    return {"checkpoint": str(checkpoint), "rate": rate, "examples": examples,
+    return {"checkpoint": str(checkpoint), "rate": rate, "model_rate": own,
+            "examples": examples,
             "seconds": seconds, "seed": seed,
             "si_sdr_mean": float(score.mean()), "si_sdr_median": float(score.median()),
             "si_sdri_mean": float(improvement.mean()),
@@ -58,10 +67,12 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=424242)
+    parser.add_argument("--rates", type=int, nargs="+", default=[None],
+                        help="render at these rates (default: each checkpoint's own)")
     parser.add_argument("--out", type=Path, default=Path("bench/out/general.json"))
     args = parser.parse_args()
-    results = [evaluate(c, args.library, args.examples, args.seconds, args.seed)
-               for c in args.checkpoints]
+    results = [evaluate(c, args.library, args.examples, args.seconds, args.seed, rate)
+               for c in args.checkpoints for rate in args.rates]
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
