@@ -2,6 +2,7 @@
 
     flock /tmp/stemloop-bench.lock .venv/bin/python bench/bench_separate.py speed
     flock /tmp/stemloop-bench.lock .venv/bin/python bench/bench_separate.py memory
+    ... speed --model models/general-dialogue-v3/model-44100.pt   # a trained checkpoint
 
 ``speed``: real-time factor (wall seconds ÷ audio seconds) of the engine path
 (``adapt.separate.run_separation``: read blocks, model, overlap-add, write
@@ -65,7 +66,7 @@ def speed(args: argparse.Namespace, work: Path) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for rate in args.rates:
         source = make_file(work / f"speed-{rate}.wav", rate, args.seconds)
-        model = default_checkpoint(work, rate)
+        model = args.model or default_checkpoint(work, rate)
         job = prepare(source, config, model)
         rtfs, cpus, load = [], [], os.getloadavg()[0]
         for _ in range(args.runs):
@@ -103,7 +104,7 @@ def measure_process(argv: list[str], log: Path) -> tuple[float, float, float]:
 
 
 def memory(args: argparse.Namespace, work: Path) -> None:
-    model = default_checkpoint(work, 48000)
+    model = args.model or default_checkpoint(work, 48000)
     print("| length | runs | peak RSS median (maxrss) | peak RSS max (maxrss) | "
           "tree peak max (sampled) | wall median | RTF median |")
     print("|---|---|---|---|---|---|---|")
@@ -132,11 +133,14 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     cmd = sub.add_parser("speed")
+    cmd.add_argument("--model", type=Path, help="checkpoint (default: the default model "
+                                               "config with random weights)")
     cmd.add_argument("--rates", type=int, nargs="+", default=[16000, 48000])
     cmd.add_argument("--seconds", type=float, default=120.0)
     cmd.add_argument("--runs", type=int, default=5)
     cmd.add_argument("--threads", type=int, default=0, help="torch threads; 0 = default")
     cmd = sub.add_parser("memory")
+    cmd.add_argument("--model", type=Path, help="checkpoint (default: as for speed)")
     cmd.add_argument("--minutes", type=int, nargs="+", default=[10, 30, 60])
     cmd.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
