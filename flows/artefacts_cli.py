@@ -63,7 +63,9 @@ def cmd_train_artefacts(args: argparse.Namespace) -> int:
                         "mixtures (e.g. models/general-dialogue-v2/model-16000.pt)")
     if separator.sample_rate != rate:
         raise UserError(f"{general}: runs at {separator.sample_rate} Hz but model.sample_rate "
-                        f"is {rate}; set --set model.sample_rate={separator.sample_rate}")
+                        f"is {rate}; pass --general with a {rate} Hz checkpoint (e.g. "
+                        "models/general-dialogue-v2/model-16000.pt) or set --set "
+                        f"model.sample_rate={separator.sample_rate}")
     target = args.target or separator.sources[0]
     schema = load_schema(CONFIG_DIR / config.mixbus.schema_path)
     if target not in separator.sources[:-1] or target not in [t.name for t in schema.targets]:
