@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 import torch
-import torchaudio
 
+from adapt.apply import AtRate
 from adapt.checkpoint import load_checkpoint
 from adapt.config import CONFIG_DIR
 from adapt.metrics import si_sdr
@@ -44,9 +44,7 @@ def evaluate(checkpoint: Path, library: Path, examples: int, seconds: float, see
         for sources in pool.split(4):
             mixture = sources.sum(dim=1)
             target = sources[:, 0]
-            resampled = torchaudio.functional.resample(mixture, rate, own)
-            estimate = torchaudio.functional.resample(model(resampled)[:, 0], own, rate)
-            estimate = estimate[..., :mixture.shape[-1]]
+            estimate = AtRate(model, rate)(mixture)[:, 0]  # as the engine runs it at ``rate``
             score = si_sdr(estimate, target).flatten()
             scores.append(score)
             improvements.append(score - si_sdr(mixture, target).flatten())

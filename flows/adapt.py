@@ -172,8 +172,8 @@ def general_models(config: Config, rate: int) -> tuple[str, str]:
     working = shipped_model(config.loop.working_rate)  # a one-rate model: its only rung
     if working is None:
         raise UserError(f"{GENERAL_MODEL}: the general model is missing; train it with "
-                        f"`stemloop train-general --out models/{GENERAL_MODEL.name} --init spleeter "
-                        "--config general-spleeter` or pass --set loop.model=CHECKPOINT")
+                        f"`stemloop train-general --out models/{GENERAL_MODEL.name} --init "
+                        "spleeter --config general-spleeter` or pass --set loop.model=CHECKPOINT")
     own = GENERAL_MODEL / f"model-{rate}.pt"
     return str(working), str(own if own.is_file() else working)
 

@@ -70,13 +70,14 @@ def _prepare(args: argparse.Namespace):
 def cmd_train_general(args: argparse.Namespace) -> int:
     config, check_output_dir = _prepare(args)
     if args.init:  # a bad or mismatched checkpoint fails here, in one line
+        from adapt.model import Separator
         from flows.state import resolve_model
         from tasks.train import start_model
 
         args.init = resolve_model(args.init, config)
         model = start_model(config, args.init)
-        if hasattr(model, "DELTA_BASE") and any(r > model.sample_rate
-                                                for r in config.upscale.ladder):
+        if not isinstance(model, Separator) and any(r > model.sample_rate  # not upscalable
+                                                    for r in config.upscale.ladder):
             raise UserError(f"--init {args.init}: a pretrained model keeps its own rate "
                             f"({model.sample_rate} Hz) and cannot climb upscale.ladder "
                             f"{config.upscale.ladder}; pass --config general-spleeter or "

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import torchaudio
 
 from adapt.checkpoint import load_checkpoint, save_checkpoint
 from adapt.config import load_config
 from adapt.model import build_model
+from datasets.audio import resample
 from tests.signals import speechlike
 
 RATE = 16000
@@ -197,7 +197,7 @@ def test_the_loop_adapts_the_pretrained_spleeter_model(tiny_library, recording, 
 
     scene, rate = sf.read(recording[0], dtype="float32")
     source = tmp_path / "scene.wav"  # at 48 kHz: above the model's one rate, so never upscaled
-    sf.write(source, torchaudio.functional.resample(torch.from_numpy(scene), rate, 48000).numpy(),
+    sf.write(source, resample(torch.from_numpy(scene), rate, 48000).numpy(),
              48000, subtype="FLOAT")
     extra = ("loop.max_iterations=1", "train.threads=1", "tracking.enabled=false")
     env = {**os.environ, "STEMLOOP_HOME": str(tmp_path / "state")}
