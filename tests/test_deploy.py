@@ -4,7 +4,13 @@ workers. Two tiny recordings run through ``adapt-recording/default``; the worker
 one of them is killed (SIGKILL to it and its flow-run process, as when a machine dies)
 during fine-tuning; the automation marks the silent run Crashed; ``prefect flow-run
 retry`` reruns it on the surviving worker with the finished steps served from the cache,
-and both deliver stems that sum to their recording."""
+and both deliver stems that sum to their recording.
+
+The victim dies only after the server has stored two of its heartbeats. On SQLite the
+server's trigger service can lose one heartbeat's bucket write ("database is locked",
+retried three times, then dead-lettered: seen in CI when the victim died within its first
+30 s, with one heartbeat sent). Each heartbeat opens a fresh window, so with two a lost
+write still leaves a window that expires. Production servers use PostgreSQL (README)."""
 
 from __future__ import annotations
 
@@ -80,6 +86,20 @@ class Cluster:
     def run_state(self, run_id: str) -> str:
         return self.http.get(f"/flow_runs/{run_id}").json()["state"]["type"]
 
+    def events(self, run_id: str, *names: str) -> list[str]:
+        """The names of the events the server stored for one flow run, oldest first."""
+        body = {"filter": {"resource": {"id": [f"prefect.flow-run.{run_id}"]},
+                           **({"event": {"name": list(names)}} if names else {}),
+                           "order": "ASC"}, "limit": 50}
+        page = self.http.post("/events/filter", json=body)
+        page.raise_for_status()
+        return [event["event"] for event in page.json()["events"]]
+
+    def server_trouble(self) -> str:
+        """The server log's error and warning lines (what a failed wait shows)."""
+        lines = (self.logs / "server.log").read_text(errors="replace").splitlines()
+        return "\n".join(line for line in lines if "| ERROR" in line or "| WARNING" in line)
+
     def task_states(self, run_id: str) -> list[tuple[str, str]]:
         body = {"flow_runs": {"id": {"any_": [run_id]}}}
         runs = self.http.post("/task_runs/filter", json=body).json()
@@ -139,9 +159,12 @@ def test_two_workers_one_killed_mid_run_then_retry_resumes_from_cache(tiny_libra
         workers = [cluster.spawn(f"worker-{n}", "worker", "start", "--pool", "stemloop",
                                  "--name", f"worker-{n}", "--limit", "1") for n in (1, 2)]
         runs = {}
-        for path, steps in ((first, 200), (second, 4)):  # the first trains long enough to die
+        # the first trains long enough to send two heartbeats (30 s apart) before it dies
+        slow = ["train.steps=6000", "train.val_every=1000", "train.checkpoint_every=25",
+                "train.early_stop_patience=0"]
+        for path, extra in ((first, slow), (second, ["train.steps=4"])):
             params = json.dumps({"recording": str(path), "config_path": "smoke",
-                                 "overrides": [*sets, f"train.steps={steps}"]})
+                                 "overrides": [*sets, *extra]})
             made = cluster.prefect("deployment", "run", "adapt-recording/default",
                                    "--params", params)
             runs[path] = next(line.split("UUID:")[1].strip() for line in made.splitlines()
@@ -151,11 +174,17 @@ def test_two_workers_one_killed_mid_run_then_retry_resumes_from_cache(tiny_libra
         cluster.wait(lambda: any(checkpoints.glob("scene-0-*/run-*/iter-001/model/train/"
                                                   "last.pt")), 300, "fine-tuning to start",
                      every=0.05)
+        heartbeat = "prefect.flow-run.heartbeat"
+        def trouble() -> str:
+            return f"events {cluster.events(victim_id)}\n{cluster.server_trouble()}"
+        cluster.wait(lambda: len(cluster.events(victim_id, heartbeat)) >= 2, 120,
+                     "two heartbeats of the first run", every=1, show=trouble)
+        assert cluster.run_state(victim_id) == "RUNNING", "the first run ended before its kill"
         victim = worker_running(workers, victim_id)
         assert victim is not None, "no worker runs the first recording"
         kill_tree(victim)  # the worker and its flow-run process: a machine gone
         cluster.wait(lambda: cluster.run_state(victim_id) == "CRASHED", 150,
-                     "the automation to mark the silent run Crashed", every=2)
+                     "the automation to mark the silent run Crashed", every=2, show=trouble)
         for run_id in runs.values():
             if cluster.run_state(run_id) == "CRASHED":
                 cluster.prefect("flow-run", "retry", run_id)
