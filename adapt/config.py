@@ -171,6 +171,7 @@ class LoopConfig(Section):
     target: str = Field(min_length=1)
     library_share: float = Field(ge=0.0, le=1.0)
     background_share: float = Field(default=0.7, ge=0.0, le=1.0)
+    match_balance: bool = False
     segment_max_s: float = Field(gt=0.0, le=600.0)
     pseudo_pairs: int = Field(ge=1, le=10_000)
     pseudo_seconds: float = Field(gt=0.0, le=60.0)

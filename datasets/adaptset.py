@@ -100,10 +100,27 @@ def write_segments(audio: torch.Tensor, rate: int, segments: list[Segment], fold
     return paths
 
 
+def match_balance(schema: dict[str, Any], levels: tuple[float, float],
+                  background_share: float) -> None:
+    """Give ``schema``'s library examples the recording's balance, in place: the main
+    library voice at the recording's dialogue level and library music at its background
+    level (both ±4 dB), and library music only in the examples without the recording's
+    own background (``1 - background_share`` of them), so the two are not stacked into a
+    background louder than the recording's."""
+    sources = _child(schema["buses"], "sources")
+    main_voice = _child(sources["children"], "voices")["children"][0]
+    main_voice["lufs"] = [levels[0] - 4, min(levels[0] + 4, -1)]
+    music = _child(sources["children"], "music")
+    music["probability"] = music.get("probability", 1.0) * (1.0 - background_share)
+    for child in music.get("children", []):
+        child["lufs"] = [levels[1] - 4, min(levels[1] + 4, -1)]
+
+
 def adaptation_schema(targets: list[Path], complements: list[Path], matched: dict[str, Any],
                       target_name: str, library_share: float, drop: list[str],
                       levels: tuple[float, float] = (-22.0, -25.0),
-                      background_share: float | None = None) -> dict[str, Any]:
+                      background_share: float | None = None,
+                      balance: bool = False) -> dict[str, Any]:
     """A mix-bus schema: culled target segments over culled complement segments, plus the
     matched library schema's buses (minus ``drop``): library voices in ``library_share``
     of the examples, the recording's culled background in ``background_share`` of them
@@ -112,9 +129,13 @@ def adaptation_schema(targets: list[Path], complements: list[Path], matched: dic
     ``matched`` is a dialogue schema (sources/voices, sources/music, noise) whose
     degradations were fitted to the recording; its post chain applies to every example.
     ``levels`` are the crude target's and complement's loudness (LUFS): culled segments
-    are drawn within ±4 dB of them, so remixes keep the recording's balance.
+    are drawn within ±4 dB of them, so remixes keep the recording's balance; with
+    ``balance`` the library examples keep it too (``match_balance``).
     """
     schema = copy.deepcopy(matched)
+    if balance and complements:
+        match_balance(schema, levels, 1.0 - library_share if background_share is None
+                      else background_share)
     own = {"name": "recording", "probability": 1.0 - library_share}
     voices = {**own, "feed": {"files": [str(p) for p in targets]},
               "lufs": [levels[0] - 4, min(levels[0] + 4, -1)]}
@@ -180,12 +201,17 @@ def reference_speech(library: str | None, choice: str) -> dict[str, Any] | None:
 
 
 def reference_schema(matched: dict[str, Any], background: list[Path], target_name: str,
-                     level: float, speech: dict[str, Any] | None = None) -> dict[str, Any]:
+                     level: float, speech: dict[str, Any] | None = None,
+                     balance: tuple[float, float] | None = None) -> dict[str, Any]:
     """The matched library schema with the recording's held-out ``background`` segments
     always in its noise bus (drawn within ±4 dB of ``level`` LUFS): library voices (those
     matching ``speech``, if given), a true target, degraded like the recording, over the
-    recording's own background."""
+    recording's own background. With ``balance`` (the recording's dialogue and background
+    levels) the voices are at its dialogue level and no library music is stacked on its
+    background (``match_balance``)."""
     schema = copy.deepcopy(matched)
+    if balance and background:
+        match_balance(schema, balance, 1.0)
     if speech:
         restrict_speech(schema["buses"], speech)
     if background:
@@ -284,7 +310,7 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
         reference = holdout_file.with_name("reference.yaml")
         reference.write_text(yaml.safe_dump(reference_schema(
             base_schema, [Path(p) for p in holdout["complement"]], target, levels[1],
-            reference_voices),
+            reference_voices, levels if loop.match_balance else None),
             sort_keys=False))
         holdout_file.write_text(json.dumps({"files": holdout, "regions": regions,
                                             "reference": str(reference)}, indent=1))
@@ -301,7 +327,8 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
     pd.concat(tables).to_parquet(folder / "cull.parquet")
     schema = adaptation_schema(files["target"], files["complement"], base_schema, target,
                                loop.library_share if files["target"] else 1.0,
-                               list(guide.drop_library), levels, loop.background_share)
+                               list(guide.drop_library), levels, loop.background_share,
+                               loop.match_balance)
     schema = deep_merge(schema, dict(guide.schema_overrides))
     schema_path = folder / "schema.yaml"
     schema_path.write_text(yaml.safe_dump(schema, sort_keys=False))

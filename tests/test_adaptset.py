@@ -114,3 +114,48 @@ def test_matched_reference_draws_natural_voices_only_when_the_library_has_them(t
     trained = yaml.safe_load((tmp_path / "it" / "schema.yaml").read_text())
     trained = _speech_queries(trained["buses"])
     assert trained and all("subclass" not in q for q in trained)
+
+
+def test_balance_puts_library_examples_at_the_recordings_levels_without_stacked_music(
+        tmp_path, write_wav):
+    """With ``loop.match_balance`` the main library voice sits at the crude dialogue's
+    level, library music at the background's level and only where the recording's own
+    background is absent; the matched reference stacks no library music on it. Without it,
+    the schemas keep the base schema's levels."""
+    from datasets.audio import loudness
+
+    files = stems(write_wav, -30.0)
+    dialogue_lufs = loudness(*read_audio(files["dialogue"]))
+    background_lufs = loudness(*read_audio(files["background"]))
+    schema = yaml.safe_load((ROOT / "configs" / "mixbus" / "dialogue.yaml").read_text())
+
+    def schemas(balance: bool, folder: str) -> tuple[dict, dict]:
+        config = load_config(overrides=[f"loop.match_balance={str(balance).lower()}"])
+        record = build_iteration(files, "dialogue", 0, config, tmp_path / folder / "it",
+                                 schema, tmp_path / folder / "holdout.json")
+        return (yaml.safe_load(Path(record["schema"]).read_text()),
+                yaml.safe_load((tmp_path / folder / "reference.yaml").read_text()))
+
+    def node(tree: dict, *path: str) -> dict:
+        nodes = tree["buses"]
+        for name in path:
+            found = next(n for n in nodes if n["name"] == name)
+            nodes = found.get("children", [])
+        return found
+
+    trained, reference = schemas(True, "balanced")
+    share = load_config().loop.background_share
+    for tree in (trained, reference):
+        low, high = node(tree, "sources", "voices", "foreground")["lufs"]
+        assert abs((low + high) / 2 - dialogue_lufs) < 1e-6
+        low, high = node(tree, "sources", "music", "ensemble")["lufs"]
+        assert abs((low + high) / 2 - background_lufs) < 1e-6
+    assert node(trained, "sources", "music")["probability"] == 0.8 * (1 - share)
+    assert node(reference, "sources", "music")["probability"] == 0.0
+    assert node(trained, "noise", "recording")["probability"] == share
+
+    trained, reference = schemas(False, "plain")
+    for tree in (trained, reference):
+        assert node(tree, "sources", "voices", "foreground")["lufs"] == [-26, -18]
+        assert node(tree, "sources", "music", "ensemble")["lufs"] == [-34, -20]
+        assert node(tree, "sources", "music")["probability"] == 0.8
