@@ -106,14 +106,18 @@ def match_balance(schema: dict[str, Any], levels: tuple[float, float],
     library voice at the recording's dialogue level and library music at its background
     level (both ±4 dB), and library music only in the examples without the recording's
     own background (``1 - background_share`` of them), so the two are not stacked into a
-    background louder than the recording's."""
-    sources = _child(schema["buses"], "sources")
-    main_voice = _child(sources["children"], "voices")["children"][0]
-    main_voice["lufs"] = [levels[0] - 4, min(levels[0] + 4, -1)]
-    music = _child(sources["children"], "music")
-    music["probability"] = music.get("probability", 1.0) * (1.0 - background_share)
-    for child in music.get("children", []):
-        child["lufs"] = [levels[1] - 4, min(levels[1] + 4, -1)]
+    background louder than the recording's. A schema without these buses (a custom one)
+    keeps what it lacks as it is."""
+    sources = {n["name"]: n for n in schema["buses"]}.get("sources", {})
+    children = {n["name"]: n for n in sources.get("children", [])}
+    voices = children.get("voices", {}).get("children", [])
+    if voices:
+        voices[0]["lufs"] = [levels[0] - 4, min(levels[0] + 4, -1)]
+    if "music" in children:
+        music = children["music"]
+        music["probability"] = music.get("probability", 1.0) * (1.0 - background_share)
+        for child in music.get("children", []):
+            child["lufs"] = [levels[1] - 4, min(levels[1] + 4, -1)]
 
 
 def adaptation_schema(targets: list[Path], complements: list[Path], matched: dict[str, Any],

@@ -159,3 +159,12 @@ def test_balance_puts_library_examples_at_the_recordings_levels_without_stacked_
         assert node(tree, "sources", "voices", "foreground")["lufs"] == [-26, -18]
         assert node(tree, "sources", "music", "ensemble")["lufs"] == [-34, -20]
         assert node(tree, "sources", "music")["probability"] == 0.8
+
+    # a custom schema without a music bus keeps working: its voice is set, nothing else
+    from datasets.adaptset import match_balance
+
+    bare = {"buses": [{"name": "sources", "children": [
+        {"name": "voices", "children": [{"name": "host", "lufs": [-30, -20]}]}]},
+        {"name": "noise", "children": []}]}
+    match_balance(bare, (-20.0, -30.0), 0.7)
+    assert bare["buses"][0]["children"][0]["children"][0]["lufs"] == [-24.0, -16.0]
