@@ -42,8 +42,10 @@ BINS = ((-99.0, 5.0), (5.0, 10.0), (10.0, 15.0), (15.0, 99.0))
 def oracle(mixture: torch.Tensor, target: torch.Tensor, kind: str, n_fft: int) -> torch.Tensor:
     """``target`` estimated by masking ``mixture`` with a mask made from the true stems."""
     window = torch.hann_window(n_fft)
-    spec = lambda x: torch.stft(x, n_fft, n_fft // 4, window=window,  # noqa: E731
-                                return_complex=True)
+
+    def spec(x: torch.Tensor) -> torch.Tensor:
+        return torch.stft(x, n_fft, n_fft // 4, window=window, return_complex=True)
+
     mix, tgt = spec(mixture), spec(target)
     rest = mix - tgt
     eps = 1e-12

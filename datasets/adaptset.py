@@ -137,9 +137,9 @@ def adaptation_schema(targets: list[Path], complements: list[Path], matched: dic
     ``balance`` the library examples keep it too (``match_balance``).
     """
     schema = copy.deepcopy(matched)
-    if balance and complements:
-        match_balance(schema, levels, 1.0 - library_share if background_share is None
-                      else background_share)
+    share = 1.0 - library_share if background_share is None else background_share
+    if balance:  # with no culled background, library music is the only one: at its level
+        match_balance(schema, levels, share if complements else 0.0)
     own = {"name": "recording", "probability": 1.0 - library_share}
     voices = {**own, "feed": {"files": [str(p) for p in targets]},
               "lufs": [levels[0] - 4, min(levels[0] + 4, -1)]}
@@ -155,8 +155,7 @@ def adaptation_schema(targets: list[Path], complements: list[Path], matched: dic
     for child in noise["children"]:
         if child["name"] in drop:
             child["probability"] = 0.0
-    if background_share is not None:
-        background["probability"] = background_share
+    background["probability"] = share
     voices_bus = _child(sources["children"], "voices")
     voices_bus["probability"] = 1.0
     for child in voices_bus["children"]:
@@ -214,8 +213,8 @@ def reference_schema(matched: dict[str, Any], background: list[Path], target_nam
     levels) the voices are at its dialogue level and no library music is stacked on its
     background (``match_balance``)."""
     schema = copy.deepcopy(matched)
-    if balance and background:
-        match_balance(schema, balance, 1.0)
+    if balance:
+        match_balance(schema, balance, 1.0 if background else 0.0)
     if speech:
         restrict_speech(schema["buses"], speech)
     if background:

@@ -168,3 +168,11 @@ def test_balance_puts_library_examples_at_the_recordings_levels_without_stacked_
         {"name": "noise", "children": []}]}
     match_balance(bare, (-20.0, -30.0), 0.7)
     assert bare["buses"][0]["children"][0]["children"][0]["lufs"] == [-24.0, -16.0]
+
+    # a recording with no culled background: library music is the only one, at its level
+    from datasets.adaptset import adaptation_schema
+
+    lone = adaptation_schema([], [], schema, "dialogue", 1.0, [], (-20.0, -30.0), 0.7,
+                             balance=True)
+    assert node(lone, "sources", "music")["probability"] == 0.8
+    assert node(lone, "sources", "music", "ensemble")["lufs"] == [-34.0, -26.0]
