@@ -25,16 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 from pathlib import Path
 
 import soundfile as sf
 import torch
 
-from adapt.apply import AtRate
-from adapt.checkpoint import load_checkpoint
-from adapt.config import CONFIG_DIR
-from adapt.metrics import si_sdr
-from datasets.batches import render_pool
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from adapt.checkpoint import load_checkpoint  # noqa: E402
+from adapt.metrics import si_sdr  # noqa: E402
+from bench.bench_general import dialogue_estimates, heldout_pool  # noqa: E402
 
 BINS = ((-99.0, 5.0), (5.0, 10.0), (10.0, 15.0), (15.0, 99.0))
 
@@ -118,8 +118,7 @@ def main() -> None:
         return
     if not args.library:
         parser.error("--library is needed (or --demo)")
-    pool = render_pool(CONFIG_DIR / "mixbus" / "dialogue.yaml", args.library, args.examples,
-                       args.rate, args.seconds, args.seed, ["dialogue"], workers=2)
+    pool = heldout_pool(args.library, args.examples, args.rate, args.seconds, args.seed)
     mixture, target = pool.sum(dim=1)[:, 0], pool[:, 0, 0]
     start = si_sdr(mixture, target).flatten()
     rows = {}
@@ -129,11 +128,8 @@ def main() -> None:
             score = si_sdr(oracle(mixture, target, kind, n_fft), target).flatten()
             rows[f"oracle {kind}, {ms} ms STFT"] = summary(score - start, start)
     if args.model:
-        model = load_checkpoint(args.model).model
-        with torch.no_grad():
-            estimate = torch.cat([AtRate(model, args.rate)(m[:, None])[:, 0, 0]
-                                  for m in mixture.split(4)])
-        rows[str(args.model)] = summary(si_sdr(estimate, target).flatten() - start, start)
+        estimate = dialogue_estimates(load_checkpoint(args.model).model, pool, args.rate)
+        rows[str(args.model)] = summary(si_sdr(estimate[:, 0], target).flatten() - start, start)
     counts = {f"input_{low:g}_{high:g}": int(((start >= low) & (start < high)).sum())
               for low, high in BINS}
     report = {"machine": f"{platform.machine()}, torch {torch.__version__}",

@@ -10,8 +10,8 @@ of another rate (a one-rate pretrained model such as general-dialogue-v3 at 44.1
 
     python bench/bench_general.py --library .stemloop/library-heldout \
         models/general-dialogue-v1/model-16000.pt models/general-dialogue-v1/model-48000.pt
-    python bench/bench_general.py --library .stemloop/library-heldout --examples 100 \
-        --rates 16000 48000 models/general-dialogue-v3/model-44100.pt
+    python bench/bench_general.py models/general-dialogue-v3/model-44100.pt \
+        --library .stemloop/library-heldout --examples 100 --rates 16000 48000
 """
 
 from __future__ import annotations
@@ -31,24 +31,31 @@ from adapt.metrics import si_sdr
 from datasets.batches import render_pool
 
 
+def heldout_pool(library: Path, examples: int, rate: int, seconds: float, seed: int
+                 ) -> torch.Tensor:
+    """The held-out examples, ``(examples, 2, 1, time)``: dialogue, then the rest."""
+    return render_pool(CONFIG_DIR / "mixbus" / "dialogue.yaml", library, examples, rate,
+                       seconds, seed, ["dialogue"], workers=2)
+
+
+def dialogue_estimates(model, pool: torch.Tensor, rate: int) -> torch.Tensor:
+    """``model``'s dialogue for each pool example, ``(examples, 1, time)``, run at ``rate``
+    as the engine runs it (``AtRate``: resampled to and from the model's own rate)."""
+    with torch.no_grad():
+        return torch.cat([AtRate(model, rate)(sources.sum(dim=1))[:, 0]
+                          for sources in pool.split(4)])
+
+
 def evaluate(checkpoint: Path, library: Path, examples: int, seconds: float, seed: int,
              rate: int | None = None) -> dict:
     model = load_checkpoint(checkpoint).model
     own = model.sample_rate
     rate = rate or own
-    pool = render_pool(CONFIG_DIR / "mixbus" / "dialogue.yaml", library, examples, rate,
-                       seconds, seed, list(model.config.targets), workers=2)
-    scores, improvements = [], []
+    pool = heldout_pool(library, examples, rate, seconds, seed)
     started = time.monotonic()
-    with torch.no_grad():
-        for sources in pool.split(4):
-            mixture = sources.sum(dim=1)
-            target = sources[:, 0]
-            estimate = AtRate(model, rate)(mixture)[:, 0]  # as the engine runs it at ``rate``
-            score = si_sdr(estimate, target).flatten()
-            scores.append(score)
-            improvements.append(score - si_sdr(mixture, target).flatten())
-    score, improvement = torch.cat(scores), torch.cat(improvements)
+    mixture, target = pool.sum(dim=1), pool[:, 0]
+    score = si_sdr(dialogue_estimates(model, pool, rate), target).flatten()
+    improvement = score - si_sdr(mixture, target).flatten()
     return {"checkpoint": str(checkpoint), "rate": rate, "model_rate": own,
             "examples": examples,
             "seconds": seconds, "seed": seed,

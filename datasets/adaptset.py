@@ -100,6 +100,11 @@ def write_segments(audio: torch.Tensor, rate: int, segments: list[Segment], fold
     return paths
 
 
+def _around(lufs: float) -> list[float]:
+    """A loudness range drawn within ±4 dB of ``lufs`` (never above -1 LUFS)."""
+    return [lufs - 4, min(lufs + 4, -1)]
+
+
 def match_balance(schema: dict[str, Any], levels: tuple[float, float],
                   background_share: float) -> None:
     """Give ``schema``'s library examples the recording's balance, in place: the main
@@ -112,12 +117,12 @@ def match_balance(schema: dict[str, Any], levels: tuple[float, float],
     children = {n["name"]: n for n in sources.get("children", [])}
     voices = children.get("voices", {}).get("children", [])
     if voices:
-        voices[0]["lufs"] = [levels[0] - 4, min(levels[0] + 4, -1)]
+        voices[0]["lufs"] = _around(levels[0])
     if "music" in children:
         music = children["music"]
         music["probability"] = music.get("probability", 1.0) * (1.0 - background_share)
         for child in music.get("children", []):
-            child["lufs"] = [levels[1] - 4, min(levels[1] + 4, -1)]
+            child["lufs"] = _around(levels[1])
 
 
 def adaptation_schema(targets: list[Path], complements: list[Path], matched: dict[str, Any],
@@ -142,9 +147,9 @@ def adaptation_schema(targets: list[Path], complements: list[Path], matched: dic
         match_balance(schema, levels, share if complements else 0.0)
     own = {"name": "recording", "probability": 1.0 - library_share}
     voices = {**own, "feed": {"files": [str(p) for p in targets]},
-              "lufs": [levels[0] - 4, min(levels[0] + 4, -1)]}
+              "lufs": _around(levels[0])}
     background = {**own, "feed": {"files": [str(p) for p in complements]},
-                  "lufs": [levels[1] - 4, min(levels[1] + 4, -1)]}
+                  "lufs": _around(levels[1])}
     buses = schema["buses"]
     sources = _child(buses, "sources")
     for child in sources["children"]:
@@ -221,7 +226,7 @@ def reference_schema(matched: dict[str, Any], background: list[Path], target_nam
         _child(schema["buses"], "noise")["children"].append(
             {"name": "recording", "probability": 1.0,
              "feed": {"files": [str(Path(p).resolve()) for p in background]},
-             "lufs": [level - 4, min(level + 4, -1)]})
+             "lufs": _around(level)})
     schema["targets"] = {target_name: {"bus": "sources/voices"},
                          "background": {"bus": "sources/music"}, "noise": {"bus": "noise"}}
     schema["description"] = "matched reference: library voices over the recording's background"
