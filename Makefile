@@ -18,14 +18,16 @@ LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_36 \
 
 # Debian packages used by the data engine (speech voices, natural recorded speech from four
 # Asterisk voices ~74 MB, music rendering, sox); the group after it is held-out material for
-# bench/demo_set.py (~38 MB download, ~80 MB installed).
+# bench/demo_set.py (~38 MB download, ~80 MB installed); postgresql: the deployment test
+# starts a private server of its own (tests/postgres.py).
 DEBS := espeak-ng festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k flite \
         fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small \
         fillets-ng-data \
         asterisk-core-sounds-fr-wav asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav \
         asterisk-prompt-it-menardi-wav \
         asterisk-core-sounds-en-wav asterisk-prompt-fr-armelle pocketsphinx-testdata \
-        festival-czech festvox-czech-machac festvox-italp16k csound-soundfont sox
+        festival-czech festvox-czech-machac festvox-italp16k csound-soundfont sox \
+        postgresql
 
 # pip's notes about this machine's optional local package mirrors are noise.
 QUIET := { grep -v -e 'is ignored: it is neither a file nor a directory' -e '^ *$$' || true; }

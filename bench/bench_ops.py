@@ -7,6 +7,11 @@ and recordings per hour per worker.
         tiny deployment runs (sampled every 0.1 s), and per run the seconds from trigger
         (flow run created) to the worker picking it up (Pending), to the flow starting
         (Running, after the flow-run process imported its code) and to its first task
+    python bench/bench_ops.py load [--runs 20] [--workers 2]
+        the deployment of tests/test_deploy.py (PostgreSQL started here, Prefect and MLflow
+        servers on it, N process workers with --limit 1): all runs triggered at once; per
+        run trigger-to-first-task, completions, runs started more than once (none allowed),
+        peak RSS of the Prefect server, MLflow server and PostgreSQL trees, recordings/hour
     python bench/bench_ops.py three-minute [--out DIR] [--set KEY=VALUE ...]
         concatenates the demo set (bench/demo_set.py) to a 3-minute 16 kHz recording and
         times one default `stemloop adapt` on it (one worker's throughput)
@@ -37,19 +42,32 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
 
 
-def tree_rss_mb(pid: int) -> float:
+def _tree(pid: int) -> list[psutil.Process]:
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0.0
-    total = 0
+        return []
+
+
+def _sum(procs: list[psutil.Process], measure) -> float:
+    total = 0.0
     for proc in procs:
         try:
-            total += proc.memory_info().rss
+            total += measure(proc)
         except psutil.NoSuchProcess:
             pass
-    return total / 2**20
+    return total
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Summed RSS (MB) of a process and its children."""
+    return _sum(_tree(pid), lambda p: p.memory_info().rss) / 2**20
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its children so far."""
+    return _sum(_tree(pid), lambda p: sum(p.cpu_times()[:2]))
 
 
 class PeakSampler:
@@ -75,13 +93,7 @@ class PeakSampler:
         self._thread.join()
 
 
-def cluster(args: argparse.Namespace) -> dict:
-    import httpx
-
-    from tests.test_deploy import Cluster
-    from tests.test_ops import tiny_model, tiny_recordings, tiny_sets
-
-    tmp = Path(tempfile.mkdtemp(prefix="stemloop-ops-bench-"))
+def _tiny_library(tmp: Path) -> Path:
     library = tmp / "library"
     subprocess.run([sys.executable, "-m", "flows.cli", "library", "build", "--out", str(library),
                     "--hours", "0.002", "--seed", "3", "--set", "mixbus.library.composers=[bach]",
@@ -89,11 +101,30 @@ def cluster(args: argparse.Namespace) -> dict:
                     "mixbus.library.speech_clip_s=4"], cwd=ROOT, check=True,
                    env={**os.environ, "STEMLOOP_HOME": str(tmp / "state")},
                    stdout=subprocess.DEVNULL)
+    return library
+
+
+def cluster(args: argparse.Namespace) -> dict:
+
+    from tests.postgres import postgres
+    from tests.test_deploy import Cluster
+    from tests.test_ops import tiny_model, tiny_recordings, tiny_sets
+
+    tmp = Path(tempfile.mkdtemp(prefix="stemloop-ops-bench-"))
+    library = _tiny_library(tmp)
     recordings = tiny_recordings(tmp / "recordings", args.runs)
-    sets = tiny_sets(tiny_model(tmp / "tiny.pt"), library)
-    began = time.monotonic()
-    nodes = Cluster(tmp, tmp / "state")
-    result: dict = {"server_start_s": round(time.monotonic() - began, 1), "runs": []}
+    with postgres("prefect", "mlflow") as database:
+        began = time.monotonic()
+        nodes = Cluster(tmp, tmp / "state", database)
+        result: dict = {"server_start_s": round(time.monotonic() - began, 1), "runs": []}
+        sets = tiny_sets(tiny_model(tmp / "tiny.pt"), library, f"tracking.uri={nodes.mlflow}")
+        _measure(nodes, recordings, sets, result)
+    return result
+
+
+def _measure(nodes, recordings: list[Path], sets: list[str], result: dict) -> None:
+    import httpx
+
     try:
         nodes.prefect("work-pool", "create", "stemloop", "--type", "process")
         nodes.prefect("deploy", "--all")
@@ -115,6 +146,70 @@ def cluster(args: argparse.Namespace) -> dict:
         result["error"] = str(exc)
     finally:
         nodes.close()
+
+
+def postgres_pid(database: str) -> int:
+    """The postmaster serving ``database`` (found by its port)."""
+    port = database.rsplit(":", 1)[1]
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if cmd and cmd[0].endswith("/postgres") and "-p" in cmd and port in cmd:
+            return proc.pid
+    raise SystemExit("no postmaster found")
+
+
+def load(args: argparse.Namespace) -> dict:
+    from tests.postgres import postgres
+    from tests.test_deploy import Cluster
+    from tests.test_ops import tiny_model, tiny_recordings, tiny_sets
+
+    tmp = Path(tempfile.mkdtemp(prefix="stemloop-load-bench-"))
+    library = _tiny_library(tmp)
+    recordings = tiny_recordings(tmp / "recordings", args.runs)
+    final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+    with postgres("prefect", "mlflow") as database:
+        nodes = Cluster(tmp, tmp / "state", database)
+        sets = tiny_sets(tiny_model(tmp / "tiny.pt"), library, f"tracking.uri={nodes.mlflow}")
+        result: dict = {"runs_triggered": len(recordings), "workers": args.workers}
+        try:
+            nodes.prefect("work-pool", "create", "stemloop", "--type", "process")
+            nodes.prefect("deploy", "--all")
+            workers = [nodes.spawn(f"worker-{n}", "worker", "start", "--pool", "stemloop",
+                                   "--name", f"worker-{n}", "--limit", "1")
+                       for n in range(1, args.workers + 1)]
+            time.sleep(15)
+            servers = {"prefect_server": nodes.server.pid, "postgresql": postgres_pid(database),
+                       "mlflow_server": nodes.processes[1].pid}
+            result["idle_rss_mb"] = {k: round(tree_rss_mb(v)) for k, v in servers.items()}
+            deployment = nodes.http.get("/deployments/name/adapt-recording/default").json()["id"]
+            began = time.monotonic()
+            with PeakSampler(servers) as peak:
+                ids = [nodes.http.post(f"/deployments/{deployment}/create_flow_run", json={
+                    "parameters": {"recording": str(path), "config_path": "smoke",
+                                   "overrides": sets}}).json()["id"] for path in recordings]
+                nodes.wait(lambda: all(nodes.run_state(r) in final for r in ids), 3600,
+                           "every run to end", every=2)
+            wall = time.monotonic() - began
+            runs = [_timings(nodes.http, r) for r in ids]
+            attempts = [nodes.http.get(f"/flow_runs/{r}").json()["run_count"] for r in ids]
+            reports = list((tmp / "state" / "runs").glob("*/run-*/report.json"))
+            first_task = sorted(r["trigger_to_first_task_s"] for r in runs)
+            result.update({
+                "machine_load_after": [round(x, 2) for x in os.getloadavg()],
+                "completed": sum(r["state"] == "COMPLETED" for r in runs),
+                "runs_started_more_than_once": sum(a > 1 for a in attempts),
+                "reports_written": len(reports),
+                "wall_s": round(wall, 1),
+                "recordings_per_hour": round(len(ids) / wall * 3600, 1),
+                "trigger_to_first_task_s": {"median": first_task[len(first_task) // 2],
+                                            "max": first_task[-1]},
+                "flow_wall_s_median": sorted(r["flow_wall_s"] for r in runs)[len(runs) // 2],
+                "peak_rss_mb_during_runs": {k: round(v) for k, v in peak.peak.items()},
+                "cpu_s": {k: round(tree_cpu_s(v), 1) for k, v in servers.items()},
+                "runs": runs})
+            del workers
+        finally:
+            nodes.close()
     return result
 
 
@@ -175,11 +270,14 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     cmd = sub.add_parser("cluster")
     cmd.add_argument("--runs", type=int, default=3)
+    cmd = sub.add_parser("load")
+    cmd.add_argument("--runs", type=int, default=20)
+    cmd.add_argument("--workers", type=int, default=2)
     cmd = sub.add_parser("three-minute")
     cmd.add_argument("--out", default=str(OUT / "ops-three-minute"))
     cmd.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    result = {"cluster": cluster, "three-minute": three_minute}[args.command](args)
+    result = {"cluster": cluster, "load": load, "three-minute": three_minute}[args.command](args)
     result["load_average"] = [round(x, 2) for x in os.getloadavg()]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"ops-{args.command}.json").write_text(json.dumps(result, indent=2) + "\n")
