@@ -123,6 +123,11 @@ def separate_tensor(fn: ChunkFn, audio: torch.Tensor, chunk: int, hop: int) -> t
     return torch.cat(blocks, dim=-1)
 
 
+def stem_paths(names: Sequence[str], out_dir: str | Path, suffix: str) -> dict[str, Path]:
+    """Where each stem is written: stem ``a/b`` as ``out_dir/a.b<suffix>``."""
+    return {name: Path(out_dir) / f"{name.replace('/', '.')}{suffix}" for name in names}
+
+
 def separate_file(fn: ChunkFn, names: Sequence[str], source: str | Path, out_dir: str | Path,
                   chunk_seconds: float, overlap: float, alignment: int = 1, suffix: str = ".wav",
                   subtype: str = "FLOAT", progress: Progress | None = None,
@@ -134,7 +139,7 @@ def separate_file(fn: ChunkFn, names: Sequence[str], source: str | Path, out_dir
     """
     info = info or probe(source)
     chunk, hop = chunk_grid(chunk_seconds, overlap, info.sample_rate, alignment)
-    paths = {name: Path(out_dir) / f"{name.replace('/', '.')}{suffix}" for name in names}
+    paths = stem_paths(names, out_dir, suffix)
     done = 0
 
     def emit(stems: torch.Tensor, mixture: torch.Tensor) -> None:

@@ -18,7 +18,7 @@ import yaml
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adapt.errors import ConfigError
+from adapt.errors import ConfigError, yaml_error
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 SUPPORTED_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000, 96000)
@@ -254,9 +254,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax") from None
+        raise yaml_error(path, "config file", exc) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

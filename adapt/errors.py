@@ -17,3 +17,15 @@ class ConfigError(UserError):
 
 class AudioError(UserError):
     """An audio file cannot be read or written as asked."""
+
+
+def yaml_error(path: object, what: str, exc: Exception) -> ConfigError:
+    """The one-line ConfigError for a YAML file that ``yaml.safe_load`` refused: a Python
+    tag (``!!python/...``, never loaded: it could run code) or a syntax error, with its line."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}" if mark else ""
+    problem = str(getattr(exc, "problem", "") or "")
+    if "constructor" in problem and "python" in problem:
+        return ConfigError(f"{path}: {what} uses a Python tag{where} (!!python/...), which "
+                           "stemloop never loads; remove it")
+    return ConfigError(f"{path}: {what} is not valid YAML{where}; fix the syntax")

@@ -16,6 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from datasets.files import atomic_path
+
 MAX_SECONDS = 60.0  # spectrograms show the first minute: enough to judge, small to store
 
 
@@ -35,7 +37,8 @@ def spectrogram_png(audio: torch.Tensor, rate: int, path: Path, title: str) -> P
     _draw(ax, db, seconds, rate, title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
     return path
 
@@ -63,7 +66,8 @@ def iterations_png(stems: list[dict[str, torch.Tensor]], rate: int, labels: list
             _draw(axes[row][col], db, seconds, rate, f"{label}: {name}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
     return path
 
@@ -86,6 +90,7 @@ def curves_png(history: list[dict[str, float]], keys: list[str], best: int, path
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
     return path

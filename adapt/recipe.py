@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from adapt.apply import ModelStep
 from adapt.artefacts import SOURCES, load_artefact_model
 from adapt.checkpoint import load_checkpoint
-from adapt.errors import ConfigError
+from adapt.errors import ConfigError, yaml_error
 
 NAME = r"^[A-Za-z0-9_-]+$"
 
@@ -61,8 +61,8 @@ def read_recipe(path: str | Path) -> RecipeSpec:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read recipe ({exc.strerror})") from None
-    except yaml.YAMLError:
-        raise ConfigError(f"{path}: recipe is not valid YAML; fix the syntax") from None
+    except yaml.YAMLError as exc:
+        raise yaml_error(path, "recipe", exc) from None
     try:
         return RecipeSpec.model_validate(data)
     except ValidationError as exc:

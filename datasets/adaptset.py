@@ -30,6 +30,7 @@ import torch
 from adapt.config import Config, deep_merge
 from datasets.audio import read_audio, resample, write_audio
 from datasets.cull import Segment
+from datasets.files import atomic_path, write_text_atomic
 
 Region = tuple[float, float]  # seconds
 
@@ -316,12 +317,12 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
         regions = sorted((s.start / rate, s.stop / rate) for split in held.values()
                          for s in split.holdout)
         reference = holdout_file.with_name("reference.yaml")
-        reference.write_text(yaml.safe_dump(reference_schema(
+        write_text_atomic(reference, yaml.safe_dump(reference_schema(
             base_schema, [Path(p) for p in holdout["complement"]], target, levels[1],
             reference_voices, levels if loop.match_balance else None),
             sort_keys=False))
-        holdout_file.write_text(json.dumps({"files": holdout, "regions": regions,
-                                            "reference": str(reference)}, indent=1))
+        write_text_atomic(holdout_file, json.dumps({"files": holdout, "regions": regions,
+                                                    "reference": str(reference)}, indent=1))
         train = {name: split.train for name, split in held.items()}
     else:
         regions = [tuple(r) for r in json.loads(holdout_file.read_text())["regions"]]
@@ -332,14 +333,15 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
                                   folder / name, name) for name, segs in train.items()}
     files["target"] += [Path(p) for p in guide.extra_clips]
     tables = [segments_table(name, segs, rate) for name, segs in train.items()]
-    pd.concat(tables).to_parquet(folder / "cull.parquet")
+    with atomic_path(folder / "cull.parquet") as tmp:
+        pd.concat(tables).to_parquet(tmp)
     schema = adaptation_schema(files["target"], files["complement"], base_schema, target,
                                loop.library_share if files["target"] else 1.0,
                                list(guide.drop_library), levels, loop.background_share,
                                loop.match_balance)
     schema = deep_merge(schema, dict(guide.schema_overrides))
     schema_path = folder / "schema.yaml"
-    schema_path.write_text(yaml.safe_dump(schema, sort_keys=False))
+    write_text_atomic(schema_path, yaml.safe_dump(schema, sort_keys=False))
     length = mine.shape[-1]
     return {"schema": str(schema_path), "holdout": str(holdout_file),
             "coverage": {"target": coverage(train["target"], length),

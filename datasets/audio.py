@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -176,8 +177,10 @@ def open_writer(path: str | Path, sample_rate: int, channels: int, subtype: str 
     except (OSError, sf.SoundFileRuntimeError) as exc:
         Path(tmp).unlink(missing_ok=True)
         reason = getattr(exc, "strerror", None) or str(exc)
+        if "System error" in reason and shutil.disk_usage(path.parent).free < 2**22:
+            reason = "no space left on the device"  # libsndfile's word for ENOSPC
         raise AudioError(f"{path}: could not be written ({reason}); check free space and "
-                         "permissions") from None
+                         "permissions, or choose another folder with --out") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -214,6 +217,10 @@ def loudness(audio: torch.Tensor, sample_rate: int) -> float:
     data = audio.detach().cpu().double().numpy().T
     if data.shape[0] < int(0.4 * sample_rate) + 1:
         return float("-inf")  # shorter than one 400 ms gating block
+    if data.shape[1] > len(StreamingLoudness.GAINS[:5]):  # pyloudnorm stops at five channels
+        meter = StreamingLoudness(sample_rate, data.shape[1])
+        meter.add(audio)
+        return meter.result()
     with np.errstate(divide="ignore"):
         return float(pyloudnorm.Meter(sample_rate).integrated_loudness(data))
 
@@ -233,9 +240,11 @@ class StreamingLoudness:
 
     Uses pyloudnorm's K-weighting filters with carried state, 400 ms gating blocks
     at 75 % overlap built from 100 ms sums, absolute (-70 LUFS) and relative (-10 LU) gates.
+    Channel weights are BS.1770's for up to five channels (L, R, C, Ls, Rs, as pyloudnorm);
+    a sixth to eighth channel, whose position a file does not say, weighs 1.0.
     """
 
-    _GAINS = (1.0, 1.0, 1.0, 1.41, 1.41)
+    GAINS = (1.0, 1.0, 1.0, 1.41, 1.41, 1.0, 1.0, 1.0)
 
     def __init__(self, sample_rate: int, channels: int):
         meter = pyloudnorm.Meter(sample_rate)
@@ -263,7 +272,7 @@ class StreamingLoudness:
             return float("-inf")
         hops = np.stack(self._hop_energy)  # (hops, channels)
         z = np.lib.stride_tricks.sliding_window_view(hops, 4, axis=0).mean(axis=-1)
-        gains = np.array(self._GAINS[: z.shape[1]])
+        gains = np.array(self.GAINS[: z.shape[1]])
         with np.errstate(divide="ignore"):
             block_lufs = -0.691 + 10 * np.log10((gains * z).sum(axis=1))
             above = z[block_lufs >= -70.0]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from datasets.files import atomic_path
 from datasets.loader import MixDataset
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -90,10 +91,8 @@ def cached_pool(path: Path, render: Callable[[], torch.Tensor]) -> torch.Tensor:
     if path.exists():
         return torch.load(path, weights_only=True)
     pool = render()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
-    torch.save(pool, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(pool, tmp)
     return pool
 
 

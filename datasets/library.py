@@ -26,6 +26,7 @@ from adapt.config import LibraryConfig
 from adapt.errors import UserError
 from datasets import augment
 from datasets.audio import check_output_dir, loudness, write_audio
+from datasets.files import atomic_path, write_text_atomic
 
 MANIFEST = "manifest.parquet"
 # What a library holds, bumped when a rebuild would add material: 1 synthetic and acted
@@ -272,9 +273,8 @@ def _collect(future: Future, cls: str, job: Job, stat: dict[str, Any],
 
 def _write_manifest(out: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
     manifest = pd.DataFrame(rows).sort_values("id", kind="stable").reset_index(drop=True)
-    tmp = out / f".{MANIFEST}.part"
-    manifest.to_parquet(tmp, index=False)
-    os.replace(tmp, out / MANIFEST)
+    with atomic_path(out / MANIFEST) as tmp:
+        manifest.to_parquet(tmp, index=False)
     return manifest
 
 
@@ -284,7 +284,7 @@ def _write_summary(out: Path, hours: float, seed: int, wall_s: float, workers: i
 
     summary = {"recipe": RECIPE, "hours": hours, "seed": seed, "workers": workers,
                "wall_s": round(wall_s, 2), "classes": stats}
-    (out / "library.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(out / "library.json", json.dumps(summary, indent=2))
 
 
 def library_recipe(root: str | Path) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from scipy.signal import welch
 
 from adapt.errors import ConfigError
 from datasets.audio import loudness, read_audio
+from datasets.files import write_text_atomic
 from datasets.mixbus_yaml import schema_from_dict
 
 SPLIT_HZ = 1000.0  # high-pass edges are looked for below this, low-pass edges above
@@ -248,7 +248,9 @@ def analyse(recording: str | Path, library: Path | None = None,
     audio = read_range(info, 0, min(info.frames, int(max_seconds * info.sample_rate)))
     rate = info.sample_rate
     mono = audio.mean(0).double().numpy()
-    nperseg = 1 << int(round(math.log2(rate / 4)))  # ~4 Hz bins: hum lines stay apart
+    # ~4 Hz bins keep hum lines apart; a clip shorter than that gets coarser bins, the same
+    # for the recording and the library reference (else their spectra differ in length)
+    nperseg = min(1 << int(round(math.log2(rate / 4))), 1 << int(math.log2(len(mono))))
     hum_hz, hum_db = find_hum(mono, rate)
     freqs, rec_db = spectrum_db(mono, rate, nperseg, hum_hz)
     grid, div = divergence(freqs, rec_db, reference_spectrum(library, rate, nperseg))
@@ -348,10 +350,6 @@ def match_recording(recording: str | Path, schema_path: str | Path, out: str | P
     matched = apply_match(base, m)
     _absolute_files(matched, schema_path.parent)
     schema_from_dict(matched, str(out), Path(out).parent)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     header = f"# matched to {recording} from {schema_path} by `stemloop dataset match`\n"
-    tmp = out.with_name(f".{out.name}.part")
-    tmp.write_text(header + yaml.safe_dump(matched, sort_keys=False))
-    os.replace(tmp, out)
+    write_text_atomic(out, header + yaml.safe_dump(matched, sort_keys=False))
     return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in asdict(m).items()}

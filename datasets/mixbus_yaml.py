@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from adapt.errors import ConfigError
+from adapt.errors import ConfigError, yaml_error
 from datasets.mixbus import EFFECTS, LIST_PARAMS, Effect, Feed, Node, Schema, Target, Value
 
 SYNTHS = {"hiss": {"slope_db_oct"}, "hum": {"f0_hz", "harmonics", "tilt_db"},
@@ -182,6 +182,6 @@ def load_schema(path: str | Path) -> Schema:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read mix-bus schema ({exc.strerror})") from None
-    except yaml.YAMLError:
-        raise ConfigError(f"{path}: not valid YAML; fix the syntax") from None
+    except yaml.YAMLError as exc:
+        raise yaml_error(path, "mix-bus schema", exc) from None
     return schema_from_dict(data, str(path), path.parent)

@@ -29,10 +29,10 @@ from adapt.config import Config, load_config
 from adapt.errors import UserError
 from adapt.plots import curves_png, iterations_png, spectrogram_png
 from adapt.score import best_iteration, should_stop
-from adapt.separate import GENERAL_MODEL, shipped_model
+from adapt.separate import GENERAL_MODEL, input_stats, shipped_model
 from datasets.audio import probe, read_audio, write_audio
-from datasets.files import write_json
-from flows.state import resolve_model, state_dir
+from datasets.files import atomic_path, write_json
+from flows.state import check_run_name, resolve_model, run_lock, state_dir
 from flows.tracking import Tracker
 from tasks.caching import file_digest
 from tasks.dataset import build_dataset
@@ -57,17 +57,24 @@ class Stopwatch:
             self.stages[stage] = self.stages.get(stage, 0.0) + time.monotonic() - begin
 
 
-@flow(name="adapt-recording", log_prints=False)
+@flow(name="adapt-recording", log_prints=False, persist_result=False)
 def adapt_recording(recording: str, config_path: str | None = None,
                     overrides: list[str] | None = None, reference: str | None = None,
                     run_name: str | None = None) -> dict[str, Any]:
     """Adapt a model to ``recording`` and deliver its best stems; returns the report."""
     started = time.monotonic()
     config = load_config(config_path, overrides or [])
-    info = probe(recording, config.io.min_duration_s)
+    info = input_stats(recording, config).info  # every sample finite, before heavy work
     digest = file_digest(recording)
     models = general_models(config, info.sample_rate)
     run_dir = run_folder(config, recording, digest, run_name, models)
+    with run_lock(run_dir):  # one writer per run folder; a second run says so in one line
+        return _adapt(recording, config, info.sample_rate, digest, models, run_dir, reference,
+                      started)
+
+
+def _adapt(recording: str, config: Config, rate: int, digest: str, models: tuple[str, str],
+           run_dir: Path, reference: str | None, started: float) -> dict[str, Any]:
     state = state_dir(config)
     library = ensure_library(config.mixbus.library_dir, str(state / "library"),
                              config.mixbus.library_hours, config.mixbus.seed,
@@ -80,7 +87,7 @@ def adapt_recording(recording: str, config_path: str | None = None,
         matched = match_schema(recording, digest, config.mixbus.schema_path, library,
                                str(run_dir / "matched.yaml"))
         timed = Stopwatch()
-        history, stems, stopped = _iterate(recording, info.sample_rate, models, reference,
+        history, stems, stopped = _iterate(recording, rate, models, reference,
                                            config, run_dir, library, matched, tracker, parent,
                                            timed)
         report = timed("deliver", deliver, run_dir, history, stems, stopped, recording, digest,
@@ -153,13 +160,17 @@ def _log_delivery(tracker: Tracker, parent: str | None, run_dir: Path, best: int
 def run_folder(config: Config, recording: str, digest: str, run_name: str | None,
                models: tuple[str, ...] = ()) -> Path:
     """``<state>/runs/<recording-id>/<run>``; the default run name is the digest of the
-    config and of the starting models' files, so rerunning the same command finds (and
-    resumes) the same folder, and a new general model never resumes an old one's
-    fine-tuning checkpoints."""
+    config (less its orchestration and tracking sections) and of the starting models'
+    files, so rerunning the same command finds (and resumes) the same folder, and a new
+    general model never resumes an old one's fine-tuning checkpoints."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(recording).stem)[:40] or "recording"
-    identity = config.model_dump_json() + "".join(file_digest(m) for m in dict.fromkeys(models))
-    name = run_name or "run-" + hashlib.sha256(identity.encode()).hexdigest()[:8]
+    # What changes the results, not how they are orchestrated or tracked: `adapt`, a batch
+    # with other concurrency and a deployment all find (and resume) the same folder.
+    results = config.model_dump_json(exclude={"orchestration", "tracking"})
+    identity = results + "".join(file_digest(m) for m in dict.fromkeys(models))
+    name = check_run_name(run_name) or "run-" + hashlib.sha256(identity.encode()).hexdigest()[:8]
     return state_dir(config) / "runs" / f"{slug}-{digest[:8]}" / name
+
 
 
 def general_models(config: Config, rate: int) -> tuple[str, str]:
@@ -205,8 +216,8 @@ def deliver(run_dir: Path, history: list[dict[str, float]], stems: list[dict[str
     delivered = {}
     for name, path in stems[best].items():
         target = final / Path(path).name
-        shutil.copyfile(path, target.with_name(f".{target.name}.part"))
-        target.with_name(f".{target.name}.part").replace(target)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(path, tmp)
         delivered[name] = str(target)
     loaded = [{n: read_audio(p)[0] for n, p in s.items()} for s in stems]
     rate = probe(recording).sample_rate

@@ -11,6 +11,7 @@ from rich.console import Console
 from adapt.errors import UserError
 
 out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 def add_adapt_command(sub: argparse._SubParsersAction,
@@ -32,18 +33,29 @@ def add_adapt_command(sub: argparse._SubParsersAction,
 
 def cmd_adapt(args: argparse.Namespace) -> int:
     from adapt.config import load_config
-    from datasets.audio import check_output_dir, probe
-    from flows.state import state_dir, use_state_dir
+    from adapt.separate import input_stats
+    from datasets.audio import check_output_dir
+    from flows.state import check_run_name, start_prefect, state_dir, use_state_dir
 
     config = load_config(args.config, args.overrides)
-    probe(args.recording, config.io.min_duration_s)
+    stats = input_stats(args.recording, config)  # NaN, length, channels: one line, up front
+    check_run_name(args.run)
+    for note in stats.warnings():
+        err.print(f"stemloop: warning: {note}")
     if args.reference and not Path(args.reference).is_dir():
         raise UserError(f"{args.reference}: --reference must be a folder of stems")
     state = use_state_dir(state_dir(config), config)
+    start_prefect(state)
     check_output_dir(state / "runs")
     from flows.adapt import adapt_recording, general_models
 
-    general_models(config, probe(args.recording).sample_rate)  # a missing model: one line
+    models = general_models(config, stats.info.sample_rate)  # a missing model: one line
+    from flows.adapt import run_folder
+    from flows.state import check_run_free
+    from tasks.caching import file_digest
+
+    check_run_free(run_folder(config, args.recording, file_digest(args.recording), args.run,
+                              models))
     report = adapt_recording(args.recording, args.config, args.overrides, args.reference,
                              args.run)
     best = report["best_iteration"]

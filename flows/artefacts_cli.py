@@ -45,7 +45,7 @@ def cmd_train_artefacts(args: argparse.Namespace) -> int:
     from adapt.separate import shipped_model
     from datasets.audio import check_output_dir
     from datasets.mixbus_yaml import load_schema
-    from flows.state import state_dir, use_state_dir
+    from flows.state import start_prefect, state_dir, use_state_dir
 
     config = load_config(args.config, args.overrides)
     if [*config.model.targets, config.model.complement] != SOURCES:
@@ -76,7 +76,7 @@ def cmd_train_artefacts(args: argparse.Namespace) -> int:
         raise UserError(f"{args.library}: not a library (no manifest.parquet); build one with "
                         "`stemloop library build --out DIR`")
     check_output_dir(args.out)
-    use_state_dir(state_dir(config), config)
+    start_prefect(use_state_dir(state_dir(config), config))
     from flows.train_artefacts import train_artefacts
 
     result = train_artefacts(args.out, str(Path(general).resolve()), target, args.config,

@@ -34,7 +34,7 @@ SUMMARY_COLUMNS = ["recording", "status", "best_iteration", "quality", "si_sdr",
                    "iterations", "wall_s", "run_dir", "mlflow_run_id", "reason"]
 
 
-@flow(name="adapt-batch", log_prints=False)
+@flow(name="adapt-batch", log_prints=False, persist_result=False)
 def adapt_batch(source: str, config_path: str | None = None,
                 overrides: list[str] | None = None) -> list[dict[str, Any]]:
     """Adapt every recording of folder or manifest ``source``; returns the summary rows."""

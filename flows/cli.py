@@ -8,9 +8,12 @@ happen inside the commands that need them, so ``--help`` is instant.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from importlib import metadata
 
@@ -29,14 +32,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    previous = None
     try:
+        previous = _exit_on_sigterm()
         return args.handler(args) or 0
     except UserError as exc:
         err.print(f"[red]stemloop: error:[/] {escape(str(exc))}", soft_wrap=True)
         return exc.exit_code
+    except Exception as exc:  # a full or read-only disk is not a bug; anything else is
+        if (line := storage_problem(exc)) is None:
+            raise
+        err.print(f"[red]stemloop: error:[/] {escape(line)}", soft_wrap=True)
+        return 2
     except KeyboardInterrupt:
         err.print("stemloop: interrupted")
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm():
+    """SIGTERM (a worker's cancel, `kill`) unwinds like Ctrl-C, so exit handlers run and
+    Prefect's temporary server stops with the command; returns the handler it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, stop)
+
+
+_STORAGE_ERRORS = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded",
+                   errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                   errno.EPERM: "operation not permitted"}
+
+
+def storage_problem(exc: BaseException) -> str | None:
+    """One line for a full, read-only or forbidden disk met mid-run (an OSError, or SQLite's
+    "database or disk is full" from Prefect's or MLflow's store), or None for anything else."""
+    while exc is not None and not isinstance(exc, OSError) and "disk is full" not in str(exc):
+        exc = exc.__cause__ or exc.__context__
+    if exc is None:
+        return None
+    what = _STORAGE_ERRORS.get(exc.errno) if isinstance(exc, OSError) else "database or disk full"
+    if what is None:
+        return None
+    where = getattr(exc, "filename", None) or "a file in the state folder"
+    return (f"{where}: {what}; free space or fix permissions there (or point STEMLOOP_HOME "
+            "or --out elsewhere), then rerun: finished stages are kept")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,8 @@ import pandas as pd
 
 from adapt.errors import UserError
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".aifc"}
+# what `adapt` reads through libsndfile (MP3 and Opus included), so a folder of them is a batch
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc"}
 COLUMNS = ("recording", "overrides", "reference")
 
 
@@ -78,5 +79,8 @@ def _manifest_jobs(path: Path) -> list[Job]:
         seen.setdefault(key, line)
         if reference:
             reference = str((path.parent / reference).resolve())
+            if not problem and not Path(reference).is_dir():
+                problem = (f"{path} line {line}: reference folder {reference} does not exist; "
+                           "fix the 'reference' column or leave it empty")
         jobs.append(Job(recording, sets, reference, problem))
     return jobs

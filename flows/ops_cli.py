@@ -42,7 +42,9 @@ def add_ops_commands(sub: argparse._SubParsersAction,
                     "tracking.experiment: recording, run, status, delivered iteration, its "
                     "quality estimate and, when a reference was given, its true SI-SDR (dB).")
     cmd.add_argument("--limit", type=int, default=200, help="at most this many runs")
-    cmd.add_argument("--csv", metavar="FILE", help="also write the table to FILE")
+    cmd.add_argument("--csv", metavar="FILE", help="also write the table to FILE (a new file; "
+                                                   "--force replaces one)")
+    cmd.add_argument("--force", action="store_true", help="replace an existing --csv FILE")
     add_config_args(cmd)
     cmd.set_defaults(handler=cmd_runs)
 
@@ -54,7 +56,10 @@ def add_ops_commands(sub: argparse._SubParsersAction,
                     "to the run's MLflow parent run.")
     cmd.add_argument("run", metavar="RUN", help="run folder (…/runs/<recording>/<run>) or "
                                                 "MLflow run id (see `stemloop runs`)")
-    cmd.add_argument("--out", metavar="FILE", help="page to write (default: RUN/report.html)")
+    cmd.add_argument("--out", metavar="FILE", help="page to write (default: RUN/report.html, "
+                                                   "rewritten each time); an existing FILE "
+                                                   "is replaced only with --force")
+    cmd.add_argument("--force", action="store_true", help="replace an existing --out FILE")
     cmd.add_argument("--seconds", type=float, default=30.0,
                      help="seconds of each stem to embed (default 30)")
     add_config_args(cmd)
@@ -77,6 +82,9 @@ def cmd_adapt_batch(args: argparse.Namespace) -> int:
     from datasets.audio import check_output_dir
 
     check_output_dir(state / "batches")
+    from flows.state import start_prefect
+
+    start_prefect(state)
     import pandas as pd
 
     from flows.batch import adapt_batch, format_summary
@@ -90,7 +98,32 @@ def cmd_adapt_batch(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
+def new_file(path: str | None, force: bool, option: str) -> Path | None:
+    """``path`` as a Path if it may be written: a file that exists is replaced only with
+    ``force``, and a folder never; a one-line UserError otherwise (checked before any work)."""
+    if path is None:
+        return None
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"{target}: is a folder; give a file name for {option}")
+    if target.exists() and not force:
+        raise UserError(f"{target}: already exists; pass --force to replace it, or choose "
+                        f"another file for {option}")
+    return target
+
+
+def write_new_file(target: Path, text: str, option: str) -> None:
+    from datasets.files import write_text_atomic
+
+    try:
+        write_text_atomic(target, text)
+    except OSError as exc:
+        raise UserError(f"{target}: cannot write ({exc.strerror}); choose another file for "
+                        f"{option}") from None
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
+    csv = new_file(args.csv, args.force, "--csv")
     config, state = _setup(args)
     from flows.review import runs_table
     from flows.tracking import Tracker
@@ -103,12 +136,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
                   f"at {tracker.uri}")
         return 0
     out.print(table.fillna("").to_string(index=False))
-    if args.csv:
-        table.to_csv(args.csv, index=False)
+    if csv:
+        write_new_file(csv, table.to_csv(index=False), "--csv")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    given = new_file(args.out, args.force, "--out")
     config, state = _setup(args)
     from flows.review import load_report, report_html
     from flows.tracking import Tracker
@@ -118,12 +152,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     tracker = Tracker(config, state)
     run_dir = _run_folder(args.run, tracker)
     report = load_report(run_dir)
-    page = Path(args.out) if args.out else run_dir / "report.html"
-    try:
-        page.write_text(report_html(run_dir, args.seconds))
-    except OSError as exc:
-        raise UserError(f"{page}: cannot write the page ({exc.strerror}); choose another "
-                        "with --out") from None
+    page = given or run_dir / "report.html"
+    write_new_file(page, report_html(run_dir, args.seconds), "--out")
     run_id = report.get("mlflow_run_id")
     if run_id and tracker.enabled:
         tracker.artifact(run_id, page)

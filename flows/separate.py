@@ -6,33 +6,41 @@ its settings at import); the CLI does.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prefect import flow
 
 from adapt.config import load_config
-from adapt.separate import RECORD_NAME
+from adapt.separate import read_record
+from datasets.files import file_digest
 from flows.state import resolve_model
 from tasks.separate import separate_file
 
 
-@flow(name="separate", log_prints=False)
+@flow(name="separate", log_prints=False, persist_result=False)
 def separate(recording: str, out_dir: str, model: str | None = None, recipe: str | None = None,
              strength: float | None = None, config_path: str | None = None,
-             overrides: list[str] | None = None) -> dict:
-    """Separate ``recording`` into ``out_dir``; returns the record written as separation.json."""
+             overrides: list[str] | None = None, force: bool = False) -> dict:
+    """Separate ``recording`` into ``out_dir``; returns the record written as separation.json.
+
+    Never writes over the recording; replaces files in ``out_dir`` that are not this job's
+    own earlier outputs only with ``force`` (``adapt.separate.check_outputs``).
+    """
     config = load_config(config_path, overrides or [])
     model = resolve_model(model or (None if recipe else config.separate.model), config)
     task = separate_file.with_options(refresh_cache=not outputs_intact(Path(out_dir)))
-    record = task(recording, out_dir, model, recipe, strength, config)
+    record = task(recording, out_dir, model, recipe, strength, config, force)
     return record.model_dump(mode="json")
 
 
 def outputs_intact(out_dir: Path) -> bool:
-    """True when a previous run's record and every stem it names are still on disk."""
+    """True when a previous run's record is there and every stem it names still has the
+    SHA-256 it recorded (a replaced or edited stem makes the cache rerun)."""
+    record = read_record(out_dir)
     try:
-        record = json.loads((out_dir / RECORD_NAME).read_text())
-        return all(Path(p).is_file() for p in record["stems"].values())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        stems, sums = record["stems"], record["sha256"]
+        return bool(sums) and sums.keys() == stems.keys() and all(
+            Path(stems[name]).is_file() and file_digest(stems[name]) == digest
+            for name, digest in sums.items())
+    except (OSError, KeyError, TypeError, AttributeError):
         return False

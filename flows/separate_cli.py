@@ -37,25 +37,33 @@ def add_separate_command(sub: argparse._SubParsersAction,
                      help="separation strength (mask exponent): >1 less target, <1 more "
                           "(default: separate.strength)")
     cmd.add_argument("--out", metavar="DIR",
-                     help="output folder (default: ./<input name>-stems)")
+                     help="output folder (default: ./<input name>-stems, or -stems-2, -stems-3 "
+                          "when that one holds another recording's stems)")
+    cmd.add_argument("--force", action="store_true",
+                     help="replace files in the output folder that this job did not write "
+                          "(other stems, other settings); the input is never replaced")
     add_config_args(cmd)
     cmd.set_defaults(handler=cmd_separate)
 
 
 def cmd_separate(args: argparse.Namespace) -> int:
     from adapt.config import load_config
-    from adapt.separate import prepare
+    from adapt.separate import check_outputs, default_out_dir, prepare
     from datasets.audio import check_output_dir
-    from flows.state import resolve_model, state_dir, use_state_dir
+    from flows.state import resolve_model, start_prefect, state_dir, use_state_dir
 
     config = load_config(args.config, args.overrides)
     model = resolve_model(str(args.model) if args.model else
                           None if args.recipe else config.separate.model, config)
     job = prepare(args.input, config, model, args.recipe, args.strength)
-    out_dir = Path(args.out or f"{Path(args.input).stem}-stems")
+    for note in job.warnings:
+        err.print(f"stemloop: warning: {note}")
+    out_dir = Path(args.out) if args.out else default_out_dir(job, config)
+    check_outputs(job, out_dir, config, args.force)
     check_output_dir(out_dir)
-    use_state_dir(state_dir(config), config)
+    state = use_state_dir(state_dir(config), config)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # keep the bar readable
+    start_prefect(state)
     from flows.separate import separate
     from tasks.separate import report_progress
 
@@ -67,7 +75,7 @@ def cmd_separate(args: argparse.Namespace) -> int:
         try:
             record = separate(str(args.input), str(out_dir), model,
                               args.recipe and str(args.recipe), job.strength, args.config,
-                              list(args.overrides))
+                              list(args.overrides), args.force)
         finally:
             report_progress(None)
     for name, path in record["stems"].items():

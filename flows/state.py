@@ -9,10 +9,22 @@ settings from the environment at import.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from adapt.config import Config
+from adapt.errors import UserError
 
 
 def state_dir(config: Config | None = None) -> Path:
@@ -26,6 +38,7 @@ def resolve_model(model: str | None, config: Config | None = None) -> str | None
     from adapt.pretrained import SPLEETER, pretrained_checkpoint  # torch: only when needed
 
     if model == SPLEETER:
+        check_state_dir(state_dir(config))  # the conversion writes there: room first
         return str(pretrained_checkpoint(SPLEETER, state_dir(config) / "models"))
     return model
 
@@ -37,8 +50,11 @@ def tracking_uri(state: Path, config: Config | None = None) -> str:
 
 
 def use_state_dir(state: Path, config: Config | None = None) -> Path:
-    """Point Prefect and MLflow inside ``state`` (explicit user settings win)."""
-    state.mkdir(parents=True, exist_ok=True)
+    """Point Prefect and MLflow inside ``state`` (explicit user settings win).
+
+    First checks, in one line each, that the folder is writable and has room, and moves a
+    damaged Prefect database aside (``check_prefect_db``)."""
+    check_state_dir(state)
     os.environ.setdefault("PREFECT_HOME", str(state / "prefect"))
     # Without this a fresh ephemeral API logs "database is locked" tracebacks.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -48,3 +64,232 @@ def use_state_dir(state: Path, config: Config | None = None) -> Path:
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(state, config))
     os.environ.setdefault("MLFLOW_ARTIFACTS_DESTINATION", str(state / "mlartifacts"))
     return state
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
+
+
+def check_run_name(name: str | None) -> str | None:
+    """A run name is one folder name inside the recording's runs folder: letters, digits,
+    ``.``, ``_`` and ``-``, starting with a letter or digit (so never ``..``, never a path);
+    a one-line UserError otherwise. The CLI, batches and deployments all pass through here."""
+    if name is None or RUN_NAME.fullmatch(name):
+        return name
+    raise UserError(f"run name {name!r} is not a plain name; use letters, digits, '.', '_' "
+                    "and '-' (at most 80, starting with a letter or digit)")
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[Path]:
+    """Hold ``run_dir/.lock`` (an exclusive ``flock``) while a run writes its folder.
+
+    A second run of the same folder gets a one-line UserError naming the holder. The kernel
+    drops the lock when its process dies, even by SIGKILL, so a crashed run never blocks
+    its retry (on a shared folder, use a file system whose locks reach every machine).
+    """
+    handle = _lock(run_dir)
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield run_dir / ".lock"
+    finally:
+        handle.close()  # closing releases the lock
+
+
+def check_run_free(run_dir: Path) -> None:
+    """The one-line UserError ``run_lock`` would raise, checked up front by the CLI."""
+    if (run_dir / ".lock").exists():
+        _lock(run_dir).close()
+
+
+def _lock(run_dir: Path) -> IO[str]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = (run_dir / ".lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"{run_dir}: this run is in progress ({holder}); wait for it to "
+                        "finish, or start another with --run NAME") from None
+    return handle
+
+
+# ---------------------------------------------------------------- the state folder's health
+
+MIN_FREE_MB = 200  # Prefect's database, cached results and a run's first files
+
+
+def check_state_dir(state: Path) -> None:
+    """A one-line UserError when the state folder cannot be created or written, or when
+    its file system has less than MIN_FREE_MB free (a full disk mid-start is what damages
+    Prefect's database)."""
+    fix = "free space there, or point STEMLOOP_HOME at another folder"
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        probe = state / f".stemloop-probe-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+        free_mb = shutil.disk_usage(state).free / 2**20
+    except OSError as exc:
+        raise UserError(f"{state}: the state folder is not writable "
+                        f"({exc.strerror or exc}); {fix}") from None
+    if free_mb < MIN_FREE_MB:
+        raise UserError(f"{state}: only {free_mb:.0f} MB free; stemloop needs at least "
+                        f"{MIN_FREE_MB} MB in its state folder; {fix}")
+
+
+def prefect_head_revision() -> str | None:
+    """The newest SQLite migration Prefect ships (the revision its database ends at)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("prefect")
+    if not spec or not spec.origin:
+        return None
+    folder = Path(spec.origin).parent / "server/database/_migrations/versions/sqlite"
+    revisions, parents = set(), set()
+    for script in folder.glob("*.py"):
+        text = script.read_text()
+        if m := re.search(r'^revision = "(\w+)"', text, re.M):
+            revisions.add(m[1])
+        parents.update(re.findall(r'"(\w+)"', (re.search(
+            r"^down_revision = (.*)$", text, re.M) or [None, ""])[1]))
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def check_prefect_db(db: Path) -> str | None:
+    """Move a damaged Prefect SQLite database aside; returns a warning line, or None.
+
+    Damaged means: unreadable, failing SQLite's quick check, or not migrated to the Prefect
+    release installed (a first start cut short, e.g. by a full disk, leaves it half-made and
+    every later start times out). It holds only run history: cached results are files, and
+    MLflow keeps the metrics, so a fresh one loses nothing a rerun needs.
+    """
+    import sqlite3
+
+    if not db.is_file():
+        return None
+    head = prefect_head_revision()
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            ok = con.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+            version = con.execute("SELECT version_num FROM alembic_version").fetchall()
+        problem = (None if ok and head and version == [(head,)] else
+                   "it fails SQLite's check" if not ok else
+                   f"its schema is at {version[0][0] if version else 'no'} revision, not "
+                   f"{head}")
+    except sqlite3.Error as exc:
+        if "locked" in str(exc):
+            return None  # in use by a server or worker: not ours to judge
+        problem = f"it cannot be read ({exc})"
+    if problem is None or head is None:
+        return None
+    aside = db.with_name(f"{db.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    for suffix in ("", "-wal", "-shm"):
+        if Path(f"{db}{suffix}").exists():
+            os.replace(f"{db}{suffix}", f"{aside}{suffix}")
+    return (f"{db}: Prefect's run-history database was damaged ({problem}; an earlier start "
+            f"cut short?); moved to {aside.name}, a fresh one is made (cached results and "
+            "MLflow are kept)")
+
+
+# ---------------------------------------------------------------- Prefect's temporary API
+
+_WATCHDOG = """
+import os, signal, sys, time
+server, parent = int(sys.argv[1]), int(sys.argv[2])
+while os.getppid() == parent:
+    time.sleep(0.5)
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    try:
+        with open(f"/proc/{server}/cmdline", "rb") as f:
+            if b"prefect.server.api.server" not in f.read():
+                break
+        os.kill(server, sig)
+    except OSError:
+        break
+    time.sleep(5)
+"""
+
+
+def start_prefect(state: Path) -> Path:
+    """Start this process's temporary Prefect API now, when it uses one (no PREFECT_API_URL).
+
+    Under a lock on the state folder (two commands starting at once do not migrate one
+    database together), after ``check_prefect_db``; then a watchdog process stops the
+    server when this process is gone, even after SIGKILL (Prefect stops it at a normal
+    exit, Ctrl-C and SIGTERM included, but nothing does after SIGKILL). A moved database is
+    a one-line warning on stderr. Call with what ``use_state_dir`` returned; returns it.
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    quiet_user_errors()
+    settings = get_current_settings()
+    if settings.api.url:
+        return state
+    url = settings.server.database.connection_url
+    url = url.get_secret_value() if url else ""
+    lock = Path(settings.home) / ".start.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        warning = check_prefect_db(Path(url.split(":///", 1)[1])) if url.startswith(
+            "sqlite") and ":///" in url else None
+        server = SubprocessASGIServer()
+        server.start()
+    if server.server_process is not None:
+        pid = str(server.server_process.pid)
+        _watchdogs.append(subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, pid, str(os.getpid())],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True))
+    if warning:
+        print(f"stemloop: warning: {warning}", file=sys.stderr)
+    return state
+
+
+_watchdogs: list[subprocess.Popen] = []
+
+
+class _NoUserErrorTracebacks(logging.Filter):
+    """Drops console log records that carry a UserError (Prefect logs every failed flow and
+    task with its traceback; a person's mistake is already one line from the CLI)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        while exc is not None:
+            if isinstance(exc, UserError):
+                return False
+            exc = exc.__cause__ or exc.__context__
+        # "Finished in state Failed('... encountered an exception AudioError: ...')"
+        message = record.getMessage() if record.levelno >= logging.ERROR else ""
+        return not ("encountered an exception" in message and any(
+            f"{name}: " in message or f"{name}(" in message for name in _user_error_names()))
+
+
+def _user_error_names() -> set[str]:
+    names, todo = set(), [UserError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo += cls.__subclasses__()
+    return names
+
+
+def quiet_user_errors() -> None:
+    """Install ``_NoUserErrorTracebacks`` on every console handler of Prefect's loggers
+    (the API handler keeps everything). Importing ``prefect.main`` configures Prefect's
+    logging, which it does once per process, so the handlers exist before the filter."""
+    import prefect.main  # noqa: F401
+
+    names = ["", *(n for n in logging.root.manager.loggerDict if n.startswith("prefect"))]
+    for name in names:
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not any(
+                    isinstance(f, _NoUserErrorTracebacks) for f in handler.filters):
+                handler.addFilter(_NoUserErrorTracebacks())

@@ -26,7 +26,7 @@ from tasks.train_artefacts import train_artefact_model
 MODEL_NAME = "artefact-model"
 
 
-@flow(name="train-artefacts", log_prints=False)
+@flow(name="train-artefacts", log_prints=False, persist_result=False)
 def train_artefacts(out: str, general: str, target: str, config_path: str | None = None,
                     overrides: list[str] | None = None, library: str | None = None,
                     hours: float = 1.0, alias: str = "candidate") -> dict[str, Any]:

@@ -57,13 +57,13 @@ def _data_args(cmd: argparse.ArgumentParser) -> None:
 def _prepare(args: argparse.Namespace):
     from adapt.config import load_config
     from datasets.audio import check_output_dir
-    from flows.state import state_dir, use_state_dir
+    from flows.state import start_prefect, state_dir, use_state_dir
 
     config = load_config(args.config, args.overrides)
     if args.library and not (Path(args.library) / "manifest.parquet").is_file():
         raise UserError(f"{args.library}: not a library (no manifest.parquet); build one with "
                         "`stemloop library build --out DIR`")
-    use_state_dir(state_dir(config), config)
+    start_prefect(use_state_dir(state_dir(config), config))
     return config, check_output_dir
 
 

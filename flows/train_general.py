@@ -27,7 +27,7 @@ from tasks.train import train_low_rate, upscale_rung
 MODEL_NAME = "general-dialogue"
 
 
-@flow(name="train-general", log_prints=False)
+@flow(name="train-general", log_prints=False, persist_result=False)
 def train_general(out: str, config_path: str | None = None, overrides: list[str] | None = None,
                   library: str | None = None, hours: float = 1.0, alias: str = "candidate",
                   init: str | None = None) -> dict[str, Any]:
@@ -92,7 +92,7 @@ def _params(config: Config) -> dict[str, Any]:
     return flat
 
 
-@flow(name="upscale", log_prints=False)
+@flow(name="upscale", log_prints=False, persist_result=False)
 def upscale_model(model: str, rate: int, out: str, config_path: str | None = None,
                   overrides: list[str] | None = None, library: str | None = None,
                   hours: float = 1.0) -> dict[str, Any]:

@@ -9,13 +9,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from datasets.files import file_digest
 
-def file_digest(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+__all__ = ["content_digest", "file_digest"]
 
 
 def content_digest(files: Iterable[str | Path] = (), code: Iterable[ModuleType | Any] = (),

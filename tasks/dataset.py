@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.context import TaskRunContext
 
 import datasets.adaptset
@@ -14,6 +14,7 @@ import datasets.cull
 from adapt.config import Config
 from datasets.adaptset import build_iteration, reference_speech
 from tasks.caching import content_digest
+from tasks.results import cached_task
 
 
 def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
@@ -29,7 +30,7 @@ def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
     return f"dataset-{content_digest(files, code, settings)}"
 
 
-@task(name="build-dataset", cache_key_fn=_key, persist_result=True)
+@cached_task(name="build-dataset", cache_key_fn=_key)
 def build_dataset(stems: dict[str, str], iteration: int, config: Config, folder: str,
                   matched: str, holdout_file: str, library: str | None = None) -> dict[str, Any]:
     base = yaml.safe_load(Path(matched).read_text())

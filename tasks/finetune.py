@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.context import TaskRunContext
 
 import datasets.adaptset
@@ -30,6 +30,7 @@ from adapt.upscale import upscale
 from datasets.adaptset import holdout_pairs, reference_pairs
 from datasets.batches import TrainingData
 from tasks.caching import content_digest
+from tasks.results import cached_task
 from tasks.train import CODE, progress_logger
 
 
@@ -46,7 +47,7 @@ def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
     return f"finetune-{content_digest(files, code, settings)}"
 
 
-@task(name="fine-tune", cache_key_fn=_key, persist_result=True)
+@cached_task(name="fine-tune", cache_key_fn=_key)
 def finetune(model: str, schema: str, library: str | None, holdout: str, folder: str,
              rate: int, config: Config, run_id: str | None) -> dict[str, str]:
     """Returns ``{"working": checkpoint at the working rate, "recording": one at ``rate``}``."""

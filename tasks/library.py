@@ -5,12 +5,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from adapt.config import LibraryConfig
+from tasks.results import cached_task
 
 
-@task(name="labelled-library")
+@cached_task(name="labelled-library")
 def ensure_library(given: str | None, own: str, hours: float, seed: int,
                    config: LibraryConfig) -> str:
     """The library to use: ``given`` (one the user named) as it is, else stemloop's own at

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
 from prefect.tasks import task_input_hash
 
 from adapt.config import CONFIG_DIR
+from tasks.results import cached_task
 
 
-@task(name="match-recording", cache_key_fn=task_input_hash, persist_result=True)
+@cached_task(name="match-recording", cache_key_fn=task_input_hash)
 def match_schema(recording: str, recording_sha256: str, schema: str, library: str | None,
                  out: str) -> str:
     """Write the matched schema to ``out`` (``recording_sha256`` keys the cache on content)."""

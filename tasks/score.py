@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from prefect import task
 from prefect.context import TaskRunContext
 
 import adapt.apply
@@ -21,6 +20,7 @@ from adapt.score import pseudo_reference_si_sdr, quality_estimate, score_stems
 from datasets.adaptset import holdout_pairs, reference_pairs
 from datasets.audio import read_audio
 from tasks.caching import content_digest
+from tasks.results import cached_task
 
 AUDIO = (".wav", ".flac", ".ogg", ".aif", ".aiff")
 
@@ -41,7 +41,7 @@ def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
     return f"score-{content_digest(files, code, settings)}"
 
 
-@task(name="score-iteration", cache_key_fn=_key, persist_result=True)
+@cached_task(name="score-iteration", cache_key_fn=_key)
 def score_iteration(stems: dict[str, str], recording: str, model: str, holdout: str,
                     reference: str | None, config: Config, library: str | None = None
                     ) -> dict[str, float]:

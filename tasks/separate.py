@@ -3,8 +3,8 @@
 Cached on content: the key hashes the input audio, the checkpoint(s) or
 recipe, the strength, the output folder, the config sections that change the
 result, and the source of the code that computes it. A rerun with the same
-content reuses the persisted record; the flow refreshes the cache when the
-files the record names are gone.
+content reuses the persisted record; the flow refreshes the cache when a file
+the record names is gone or no longer has the SHA-256 the record holds.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from prefect import task
 from prefect.context import TaskRunContext
 
 import adapt.apply
@@ -25,6 +24,7 @@ from adapt.apply import Progress
 from adapt.config import Config
 from adapt.separate import SeparationRecord, prepare, run_separation
 from tasks.caching import file_digest
+from tasks.results import cached_task
 
 _progress: list[Progress] = []  # a callback the CLI installs; tasks get no callables as inputs
 
@@ -55,8 +55,9 @@ def content_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | No
     return f"separate-{digest.hexdigest()}"
 
 
-@task(name="separate-file", cache_key_fn=content_key, persist_result=True)
+@cached_task(name="separate-file", cache_key_fn=content_key)
 def separate_file(source: str, out_dir: str, model: str | None, recipe: str | None,
-                  strength: float | None, config: Config) -> SeparationRecord:
+                  strength: float | None, config: Config, force: bool = False
+                  ) -> SeparationRecord:
     job = prepare(source, config, model, recipe, strength)
-    return run_separation(job, out_dir, config, _progress[0] if _progress else None)
+    return run_separation(job, out_dir, config, _progress[0] if _progress else None, force)

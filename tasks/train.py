@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import task
 from prefect.context import TaskRunContext
 
 import adapt.model
@@ -26,6 +25,7 @@ from datasets.batches import TrainingData
 from flows.state import state_dir
 from flows.tracking import Tracker
 from tasks.caching import content_digest
+from tasks.results import cached_task
 
 CODE = (adapt.model, adapt.train, adapt.upscale, datasets.batches)
 
@@ -84,7 +84,7 @@ def start_model(config: Config, init: str | None):
     return load_weights_into(model, init) if init else model
 
 
-@task(name="train-low-rate", cache_key_fn=_key, persist_result=True)
+@cached_task(name="train-low-rate", cache_key_fn=_key)
 def train_low_rate(config: Config, library: str, folder: str, run_id: str | None,
                    init: str | None = None) -> dict[str, Any]:
     """Train a model at ``model.sample_rate``, fresh or continuing from checkpoint ``init``
@@ -103,7 +103,7 @@ def train_low_rate(config: Config, library: str, folder: str, run_id: str | None
             "val_si_sdr": result["best_si_sdr"], "stopped": result["stopped"]}
 
 
-@task(name="upscale-rung", cache_key_fn=_key, persist_result=True)
+@cached_task(name="upscale-rung", cache_key_fn=_key)
 def upscale_rung(config: Config, library: str, folder: str, checkpoint: str, rate: int,
                  run_id: str | None) -> dict[str, Any]:
     """Transplant ``checkpoint`` to ``rate`` and train the two stages; returns the new one."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import task
 from prefect.context import TaskRunContext
 
 import adapt.artefacts
@@ -24,6 +23,7 @@ from adapt.model import build_model
 from adapt.train import Run, train
 from datasets.artefactset import ArtefactData
 from tasks.caching import content_digest
+from tasks.results import cached_task
 from tasks.train import progress_logger
 
 CODE = (adapt.artefacts, adapt.model, adapt.train, datasets.artefactset)
@@ -40,7 +40,7 @@ def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
     return f"{context.task.name}-{content_digest(files, (*CODE, context.task.fn), settings)}"
 
 
-@task(name="train-artefact-model", cache_key_fn=_key, persist_result=True)
+@cached_task(name="train-artefact-model", cache_key_fn=_key)
 def train_artefact_model(config: Config, library: str, general: str, target: str, folder: str,
                          run_id: str | None) -> dict[str, Any]:
     """Artefact pools of ``general``'s ``target`` estimates, then train ``config.model`` on

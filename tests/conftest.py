@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +57,24 @@ def tiny_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
                  "--set", "mixbus.library.speech_clip_s=4"])
     assert code == 0
     return out
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """``small_disk(size)``: a real file system that size (a tmpfs), unmounted afterwards;
+    skips the test, with the reason, where mounting is not allowed."""
+    mounted: list[Path] = []
+
+    def _mount(size: str) -> Path:
+        disk = tmp_path / f"disk-{len(mounted)}"
+        disk.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(disk)
+        return disk
+
+    yield _mount
+    for disk in mounted:
+        subprocess.run(["umount", str(disk)], check=False)

@@ -134,6 +134,9 @@ def test_sigkill_during_fine_tuning_then_rerun_matches_an_uninterrupted_run(
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert checkpoint is not None, "the run ended before iteration 2's fine-tuning"
+    from tests.test_state import prefect_servers, wait_until
+
+    assert wait_until(lambda: not prefect_servers(tmp_path / "killed"), 20)  # no orphan
     step = load_checkpoint(checkpoint).train_state["step"]
     assert 2 <= step < 40
     resumed = run(tmp_path / "killed")
@@ -162,6 +165,11 @@ def test_run_folder_follows_the_config_and_the_starting_model(tmp_path):
     other = load_config("smoke", [f"orchestration.state_dir={tmp_path}", "train.steps=7"])
     assert same != run_folder(other, "reel.flac", "0" * 64, None, (str(a),))
     assert run_folder(config, "reel.flac", "0" * 64, "mine", (str(b),)).name == "mine"
+    # how a run is orchestrated or tracked is not what it computes: a batch resumes `adapt`'s
+    batch = load_config("smoke", [f"orchestration.state_dir={tmp_path}",
+                                  "orchestration.concurrency=2", "orchestration.task_retries=3",
+                                  "tracking.enabled=false"])
+    assert same == run_folder(batch, "reel.flac", "0" * 64, None, (str(a),))
 
 
 @pytest.mark.slow

@@ -78,7 +78,7 @@ def test_installed_console_script_help_version_and_user_error_without_traceback(
 @pytest.mark.parametrize("model", ["missing.pt", "not-a-checkpoint.pt"])
 def test_adapt_with_an_unusable_starting_model_is_one_line_and_exit_2(capsys, tmp_path,
                                                                        write_wav, model):
-    source = write_wav("scene.wav", np.zeros((16000, 1), np.float32))
+    source = write_wav("scene.wav", sine(440, 16000, 1.0, 0.5))
     path = tmp_path / model
     if model.startswith("not"):
         path.write_bytes(b"not a checkpoint")
@@ -86,3 +86,66 @@ def test_adapt_with_an_unusable_starting_model_is_one_line_and_exit_2(capsys, tm
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and str(path) in err
     assert not list(Path(os.environ["STEMLOOP_HOME"]).glob("runs/*"))  # no partial run
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("command", ["separate", "adapt", "info"])
+@pytest.mark.parametrize("bad,words", [("nan", "NaN or infinite samples (first at 0.500 s)"),
+                                       ("inf", "NaN or infinite samples (first at 1.250 s)")])
+def test_non_finite_samples_stop_every_command_up_front(capsys, tmp_path, write_wav, command,
+                                                        bad, words):
+    """Checked before torch models, Prefect or MLflow start: one line, exit 2, nothing
+    written (no state folder content, no output folder), the input unchanged."""
+    data = sine(440, 16000, 2.0, 0.5, channels=2)
+    data[int((0.5 if bad == "nan" else 1.25) * 16000), 1] = np.nan if bad == "nan" else np.inf
+    source = write_wav("take.wav", data, 16000, "FLOAT")
+    before = _digest(source)
+    out = tmp_path / "stems"
+    argv = [command, str(source)] + (["--out", str(out)] if command == "separate" else [])
+    code, printed, err = run(capsys, *argv)
+    assert code == 2 and printed == ""
+    assert len(err.strip().splitlines()) == 1 and words in err and str(source) in err, err
+    assert not out.exists() and not any(Path(os.environ["STEMLOOP_HOME"]).iterdir())
+    assert _digest(source) == before
+
+
+def test_seven_channels_have_a_loudness(capsys, write_wav):
+    """pyloudnorm stops at five channels; stemloop measures up to eight (was a traceback)."""
+    path = write_wav("surround.wav", sine(997, 48000, 2.0, 0.5, channels=7), 48000)
+    code, out, err = run(capsys, "info", str(path), "--json")
+    assert code == 0, err
+    # BS.1770: a 997 Hz sine of amplitude 0.5 in one channel reads -9.03 LUFS; seven equal
+    # channels weighted 1, 1, 1, 1.41, 1.41, 1, 1 add 10*log10(7.82) = 8.93 dB
+    assert json.loads(out)["integrated_lufs"] == pytest.approx(-9.03 + 8.93, abs=0.1)
+
+
+def test_silent_and_clipped_input_warn_before_separating(tmp_path, write_wav):
+    from adapt.config import load_config
+    from adapt.separate import input_stats
+
+    config = load_config("smoke")
+    silent = write_wav("silent.wav", np.zeros((16000, 1), np.float32))
+    hot = write_wav("hot.wav", np.clip(sine(440, 16000, 1.0, 3.0), -1, 1))
+    assert any("digitally silent" in n for n in input_stats(silent, config).warnings())
+    assert any("clipped" in n for n in input_stats(hot, config).warnings())
+
+
+@pytest.mark.parametrize("name", ["../../../escape-run", "/tmp/abs-run", "a/b", "..", ".hidden",
+                                  "", "x" * 81, "run name"])
+def test_run_names_are_plain_names(capsys, tmp_path, write_wav, name):
+    """A run name never leaves the state folder: CLI, batch rows and deployments share the check."""
+    from adapt.errors import UserError
+    from flows.state import check_run_name
+
+    source = write_wav("scene.wav", sine(440, 16000, 2.0, 0.5))
+    code, _, err = run(capsys, "adapt", str(source), "--run", name)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "run name" in err, err
+    assert not any(Path(os.environ["STEMLOOP_HOME"]).iterdir())
+    with pytest.raises(UserError):
+        check_run_name(name)
+    assert check_run_name("take-2_v1.0") == "take-2_v1.0"

@@ -75,7 +75,7 @@ def test_override_into_a_value_is_rejected():
 def test_invalid_yaml_and_missing_preset_name_the_file(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text("train: [1, 2\n")
-    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"broken\.yaml: config file is not valid YAML at line"):
         load_config(broken)
     with pytest.raises(ConfigError, match="no-such-preset: config file not found"):
         load_config("no-such-preset")
@@ -90,3 +90,18 @@ def test_dump_round_trips_through_yaml(tmp_path):
     dumped = tmp_path / "effective.yaml"
     dumped.write_text(dump_config(config))
     assert load_config(dumped) == config
+
+
+def test_python_tags_are_named_as_such_never_loaded(tmp_path):
+    """`!!python` YAML was reported as 'not valid YAML'; it is valid and refused on purpose."""
+    from adapt.recipe import read_recipe
+    from datasets.mixbus_yaml import load_schema
+
+    evil = tmp_path / "evil.yaml"
+    marker = tmp_path / "ran"
+    evil.write_text(f"train: !!python/object/apply:os.mkdir ['{marker}']\n")
+    for load, what in ((load_config, "config file"), (read_recipe, "recipe"),
+                       (load_schema, "mix-bus schema")):
+        with pytest.raises(ConfigError, match=rf"evil\.yaml: {what} uses a Python tag at line 1"):
+            load(evil)
+    assert not marker.exists()

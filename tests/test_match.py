@@ -95,3 +95,13 @@ def test_match_cli_with_a_stem_sets_its_level(tmp_path):
     assert high - low == pytest.approx(4.0) and -40 < low < -15
     assert main(["dataset", "match", str(recording), "--stem", "nonsense",
                  "--out", str(out)]) == 2
+
+
+def test_a_clip_shorter_than_the_analysis_window_is_analysed(tmp_path, tiny_library):
+    """A 0.2 s clip (the smoke preset allows 0.1 s) made the recording's spectrum shorter
+    than the library reference's: `fp and xp are not of the same length` in `adapt`."""
+    rng = np.random.default_rng(1)
+    clip = tmp_path / "clip.wav"
+    write_audio(clip, torch.from_numpy(rng.normal(0, 0.1, (1, 3200)).astype(np.float32)), 16000)
+    found = analyse(clip, tiny_library)
+    assert np.isfinite(found.lufs) or found.lufs == float("-inf")

@@ -162,8 +162,10 @@ def test_runs_lists_the_batch_and_report_writes_a_page_logged_to_mlflow(
     capsys.readouterr()
     assert main(["runs", "--csv", str(tmp_path / "runs.csv")]) == 0
     listed = pd.read_csv(tmp_path / "runs.csv")
-    assert len(listed) == 4  # three finished, the unwritable one failed; the corrupt never began
-    assert sorted(listed["status"]) == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]
+    # three finished; the unwritable one stopped at its run folder's lock, before its MLflow
+    # run began (no FAILED run left behind), and the corrupt one never began
+    assert len(listed) == 3
+    assert sorted(listed["status"]) == ["FINISHED", "FINISHED", "FINISHED"]
     finished = listed[listed["status"] == "FINISHED"].set_index("recording")
     assert (finished["best_iteration"].isin([0, 1])).all()
     assert finished["si_sdr"].notna().sum() == 1 and not np.isnan(
@@ -196,6 +198,21 @@ def test_manifest_rows_relative_paths_overrides_and_duplicates(tmp_path):
     assert jobs[1].overrides == [] and jobs[1].problem is None
     assert "same recording and overrides as line 2" in jobs[2].problem
     assert "line 5: empty 'recording'" in jobs[3].problem
+
+
+def test_manifest_reference_that_is_missing_and_compressed_recordings(tmp_path):
+    """A missing reference folder is the row's problem (was: "cannot write ... free space");
+    a folder of MP3 and Opus files is a batch, as `adapt` reads both."""
+    (tmp_path / "refs").mkdir()
+    (tmp_path / "m.csv").write_text("recording,reference\na.wav,refs\nb.wav,nope\n")
+    good, bad = read_jobs(tmp_path / "m.csv")
+    assert good.problem is None and good.reference == str(tmp_path / "refs")
+    assert "line 3: reference folder" in bad.problem and "does not exist" in bad.problem
+    folder = tmp_path / "compressed"
+    folder.mkdir()
+    for name in ("a.mp3", "b.opus", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    assert [Path(j.recording).name for j in read_jobs(folder)] == ["a.mp3", "b.opus"]
 
 
 @pytest.mark.parametrize("make,expected", [

@@ -113,3 +113,147 @@ def test_cli_mistakes_are_one_line_exit_2_and_write_nothing(tiny_checkpoint, ste
         assert words in message and len(message.splitlines()) == 1, message
     assert not out.exists()
     assert digest(source) == before
+
+
+@pytest.mark.slow
+def test_a_poisoned_cache_file_is_recomputed_not_run(prefect_harness, tiny_checkpoint,
+                                                     tmp_path: Path):
+    """The issue's attack on the real `separate` flow: replace its cached result, rerun."""
+    from prefect.serializers import PickleSerializer
+    from prefect.settings import get_current_settings
+
+    from flows.separate import separate
+    from tests.test_results import poisoned
+
+    source = tmp_path / "take.wav"
+    sf.write(source, np.random.default_rng(0).normal(0, 0.1, (RATE, 2)).astype(np.float32), RATE)
+    storage = Path(get_current_settings().results.local_storage_path)
+    keys = storage / "keys"
+    before = {p.name for p in keys.glob("separate-*")} if keys.is_dir() else set()
+    out = tmp_path / "stems"
+    record = separate(str(source), str(out), model=str(tiny_checkpoint), config_path="smoke")
+    [key] = [p for p in keys.glob("separate-*") if p.name not in before]
+    value = storage / key.name
+    assert json.loads(key.read_text())["serializer"] == {"type": "stemloop-json"}
+    assert json.loads(value.read_text())["__stemloop_record__"] == "SeparationRecord"
+    def inode() -> int:  # a recomputation writes new stem files (temp file + rename)
+        return (out / "voice.wav").stat().st_ino
+
+    first = inode()
+    again = separate(str(source), str(out), model=str(tiny_checkpoint), config_path="smoke")
+    assert again == record and inode() == first  # served from the cache
+
+    marker = tmp_path / "ran"
+    metadata, payload = poisoned(marker, PickleSerializer())
+    for files in ((key, metadata), (value, payload)), ((value, payload),):
+        for path, content in files:  # both files, then the value alone
+            path.write_bytes(content)
+        before = inode()
+        redone = separate(str(source), str(out), model=str(tiny_checkpoint), config_path="smoke")
+        assert not marker.exists()
+        assert redone["stems"] == record["stems"] and inode() != before
+        assert json.loads(key.read_text())["serializer"] == {"type": "stemloop-json"}
+        assert json.loads(value.read_text())["__stemloop_record__"] == "SeparationRecord"
+
+
+def _separate(*argv: str) -> int:
+    return main(["separate", *argv, "--config", "smoke"])
+
+
+def _one_line_error(capsys, *words: str) -> str:
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1 and "Traceback" not in message, message
+    assert all(w in message for w in words), message
+    return message
+
+
+@pytest.mark.slow
+def test_separate_never_writes_over_its_input_or_other_stems(prefect_harness, tiny_checkpoint,
+                                                            tmp_path: Path, capsys, monkeypatch):
+    """The issue's data-loss cases: --out onto the input's own folder, two takes named alike,
+    stems of another recording, a rerun, a replaced stem, report/runs files."""
+    rng = np.random.default_rng(5)
+    takes = {}
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        data = rng.normal(0, 0.1, (RATE, 2)).astype(np.float32)
+        takes[folder] = (write := tmp_path / folder / "take.wav", data)
+        sf.write(write, data, RATE, subtype="FLOAT")
+    model = ("--model", str(tiny_checkpoint))
+
+    # a recording named like a stem, separated into its own folder: refused, untouched
+    voice = tmp_path / "a" / "voice.wav"
+    sf.write(voice, takes["a"][1], RATE, subtype="FLOAT")
+    before = digest(voice)
+    listing = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert _separate(str(voice), *model, "--out", str(tmp_path / "a")) == 2
+    _one_line_error(capsys, "voice.wav", "is the input recording", "--out")
+    assert _separate(str(voice), *model, "--out", str(tmp_path / "a"), "--force") == 2
+    _one_line_error(capsys, "is the input recording")
+    assert digest(voice) == before and sorted(p.name for p in (tmp_path / "a").iterdir()) == listing
+
+    # two takes named alike get their own default folders
+    monkeypatch.chdir(tmp_path)
+    assert _separate(str(tmp_path / "a" / "take.wav"), *model) == 0
+    assert _separate(str(tmp_path / "b" / "take.wav"), *model) == 0
+    capsys.readouterr()
+    for folder, name in (("a", "take-stems"), ("b", "take-stems-2")):
+        record = json.loads((tmp_path / name / "separation.json").read_text())
+        assert record["input"] == str((tmp_path / folder / "take.wav").resolve())
+        total = sum(sf.read(p, dtype="float32")[0] for p in record["stems"].values())
+        assert np.abs(total - takes[folder][1]).max() < 1e-6
+    # the same take again reuses its folder (a rerun, from the cache)
+    assert _separate(str(tmp_path / "b" / "take.wav"), *model) == 0
+    assert "take-stems-2" in capsys.readouterr().out
+
+    # an explicit --out holding another recording's stems: refused unless --force
+    first = digest(tmp_path / "take-stems" / "voice.wav")
+    assert _separate(str(tmp_path / "b" / "take.wav"), *model, "--out", "take-stems") == 2
+    _one_line_error(capsys, "take-stems", "already holds stems of", "--force")
+    assert digest(tmp_path / "take-stems" / "voice.wav") == first
+    # other settings into a take's own folder: refused too
+    assert _separate(str(tmp_path / "a" / "take.wav"), *model, "--out", "take-stems",
+                     "--strength", "2") == 2
+    _one_line_error(capsys, "other settings", "--force")
+    assert _separate(str(tmp_path / "b" / "take.wav"), *model, "--out", "take-stems",
+                     "--force") == 0
+    capsys.readouterr()
+    record = json.loads((tmp_path / "take-stems" / "separation.json").read_text())
+    assert record["input"] == str((tmp_path / "b" / "take.wav").resolve())
+
+    # a replaced stem is noticed by content, not existence: the rerun rewrites it
+    stem = tmp_path / "take-stems-2" / "voice.wav"
+    sf.write(stem, np.zeros((RATE, 2), np.float32), RATE, subtype="FLOAT")
+    assert _separate(str(tmp_path / "b" / "take.wav"), *model, "--out", "take-stems-2") == 0
+    record = json.loads((tmp_path / "take-stems-2" / "separation.json").read_text())
+    assert digest(stem) == record["sha256"]["voice"]
+    total = sum(sf.read(p, dtype="float32")[0] for p in record["stems"].values())
+    assert np.abs(total - takes["b"][1]).max() < 1e-6
+
+    # report --out and runs --csv never replace a file without --force
+    kept = tmp_path / "notes.txt"
+    kept.write_text("mine")
+    assert main(["report", str(tmp_path / "no-run"), "--out", str(kept)]) == 2
+    _one_line_error(capsys, "notes.txt", "already exists", "--force")
+    assert main(["runs", "--csv", str(kept)]) == 2
+    _one_line_error(capsys, "notes.txt", "already exists", "--force")
+    assert kept.read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_a_full_output_disk_is_one_line_and_leaves_no_partial_stems(prefect_harness,
+                                                                    tiny_checkpoint, tmp_path,
+                                                                    capsys, small_disk):
+    """A real small file system (tmpfs) as --out: libsndfile said only "System error."."""
+    disk = small_disk("256k")
+    source = tmp_path / "take.wav"
+    sf.write(source, np.random.default_rng(2).normal(0, 0.1, (3 * RATE, 2)).astype(np.float32),
+             RATE, subtype="FLOAT")
+    before = digest(source)
+    code = _separate(str(source), "--model", str(tiny_checkpoint), "--out", str(disk))
+    err = capsys.readouterr().err
+    # the session's Prefect logs at INFO (the CLI sets WARNING): only those lines besides
+    lines = [line for line in err.strip().splitlines() if "| INFO " not in line and line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "no space left" in lines[0] and "--out" in lines[0]
+    assert code == 2 and list(disk.iterdir()) == [] and digest(source) == before
