@@ -8,9 +8,11 @@ happen inside the commands that need them, so ``--help`` is instant.
 from __future__ import annotations
 
 import argparse
+import atexit
 import errno
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -46,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         err.print("stemloop: interrupted")
+        exit_now_if_threads_linger(130)
         return 130
     finally:
         if previous is not None:
@@ -62,6 +65,21 @@ def _exit_on_sigterm():
         raise KeyboardInterrupt
 
     return signal.signal(signal.SIGTERM, stop)
+
+
+def exit_now_if_threads_linger(code: int) -> None:
+    """After Ctrl-C or SIGTERM: if worker threads still run (adapt-batch's recordings run in
+    threads, which Python would wait for at exit), run the exit handlers (Prefect stops its
+    temporary server) and end the process now. Files are written atomically and run-folder
+    locks are released by the kernel, so a rerun resumes cleanly."""
+    others = [t for t in threading.enumerate()
+              if t.is_alive() and not t.daemon and t is not threading.main_thread()]
+    if not others:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(code)
 
 
 _STORAGE_ERRORS = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded",

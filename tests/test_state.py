@@ -235,3 +235,20 @@ def test_prefect_console_logs_drop_user_error_tracebacks():
     text = stream.getvalue()
     assert text.count("Encountered exception") == 1 and "ValueError: a bug" in text
     assert "NaN" not in text
+
+
+def test_an_interrupted_batch_does_not_wait_for_its_threads(tmp_path: Path):
+    """adapt-batch runs recordings in threads; after SIGTERM the command ends at once, its
+    exit handlers run (Prefect's server stop among them) instead of waiting for them."""
+    script = f"""
+import atexit, sys, threading, time
+from pathlib import Path
+from flows.cli import exit_now_if_threads_linger
+atexit.register(lambda: Path({str(tmp_path / "handlers-ran")!r}).touch())
+threading.Thread(target=time.sleep, args=(600,)).start()
+exit_now_if_threads_linger(130)
+"""
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, timeout=60)
+    assert done.returncode == 130 and time.monotonic() - began < 30
+    assert (tmp_path / "handlers-ran").exists()
