@@ -10,6 +10,7 @@ to float precision.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -26,7 +27,7 @@ from adapt.config import Config
 from adapt.errors import UserError
 from adapt.recipe import load_recipe
 from datasets.audio import AudioInfo, AudioStats, measure
-from datasets.files import file_digest, write_json
+from datasets.files import file_digest, write_json, write_text_atomic
 
 RECORD_NAME = "separation.json"
 
@@ -49,6 +50,8 @@ class SeparationRecord(BaseModel):
     real_time_factor: float
     versions: dict[str, str]
     sha256: dict[str, str] = {}  # per stem; a rerun trusts its cache only if they still match
+    output_format: str | None = None
+    output_subtype: str | None = None
 
 
 @dataclass
@@ -123,23 +126,46 @@ def run_separation(job: Job, out_dir: str | Path, config: Config,
     out_dir = Path(out_dir)
     suffix = f".{config.io.output_format}"
     check_outputs(job, out_dir, config, force)
+    # A provisional record first: if the run dies between its stems (which appear together,
+    # at the end) and its record, the folder is still this job's own, and a rerun with the
+    # same settings is not refused. If it dies before the stems, the folder is as it was.
+    record_path = out_dir / RECORD_NAME
+    before = record_path.read_text() if record_path.is_file() else None
+    write_json(record_path, {**_identity(job, config), "stems": {}, "sha256": {}})
     started = time.perf_counter()
-    paths = separate_file(job.fn, job.names, job.info.path, out_dir, config.separate.chunk_seconds,
-                          config.separate.overlap, job.alignment, suffix,
-                          config.io.output_subtype, progress, job.info)
+    try:
+        paths = separate_file(job.fn, job.names, job.info.path, out_dir,
+                              config.separate.chunk_seconds, config.separate.overlap,
+                              job.alignment, suffix, config.io.output_subtype, progress, job.info)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk: the original error says so
+            if before is None:
+                record_path.unlink(missing_ok=True)
+            else:
+                write_text_atomic(record_path, before)
+        raise
     seconds = time.perf_counter() - started
     record = SeparationRecord(
-        input=str(job.info.path.resolve()), sample_rate=job.info.sample_rate,
-        channels=job.info.channels, frames=job.info.frames,
-        model=str(job.model.resolve()) if job.model else None,
-        recipe=str(job.recipe.resolve()) if job.recipe else None,
-        model_rate=job.model_rates, strength=job.strength,
-        chunk_seconds=config.separate.chunk_seconds, overlap=config.separate.overlap,
+        sample_rate=job.info.sample_rate, channels=job.info.channels, frames=job.info.frames,
+        model_rate=job.model_rates,
         stems={name: str(path.resolve()) for name, path in paths.items()},
         seconds=round(seconds, 3), real_time_factor=round(seconds / job.info.duration, 5),
-        versions=versions(), sha256={name: file_digest(path) for name, path in paths.items()})
+        versions=versions(), sha256={name: file_digest(path) for name, path in paths.items()},
+        **_identity(job, config))
     write_json(out_dir / RECORD_NAME, record.model_dump(mode="json"))
     return record
+
+
+_IDENTITY = ("input", "model", "recipe", "strength", "chunk_seconds", "overlap",
+             "output_format", "output_subtype")
+
+
+def _identity(job: Job, config: Config) -> dict:
+    """What makes two jobs' outputs the same: the fields ``is_rerun`` compares."""
+    return dict(zip(_IDENTITY, (
+        _resolved(job.info.path), _resolved(job.model), _resolved(job.recipe), job.strength,
+        config.separate.chunk_seconds, config.separate.overlap, config.io.output_format,
+        config.io.output_subtype), strict=True))
 
 
 # ---------------------------------------------------------------- outputs never replace inputs
@@ -172,14 +198,10 @@ def _resolved(path: Path | None) -> str | None:
 
 def is_rerun(record: dict | None, job: Job, config: Config) -> bool:
     """True when ``record`` was written by this very job: same input file, model or recipe,
-    strength and chunking (so rewriting its stems replaces them with the same result)."""
+    strength, chunking and output format (so rewriting its stems gives the same result)."""
     if record is None:
         return False
-    this = (_resolved(job.info.path), _resolved(job.model), _resolved(job.recipe), job.strength,
-            config.separate.chunk_seconds, config.separate.overlap)
-    that = tuple(record.get(k) for k in ("input", "model", "recipe", "strength",
-                                          "chunk_seconds", "overlap"))
-    return this == that
+    return _identity(job, config) == {k: record.get(k) for k in _IDENTITY}
 
 
 def check_outputs(job: Job, out_dir: str | Path, config: Config, force: bool = False) -> None:

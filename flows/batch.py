@@ -47,12 +47,16 @@ def adapt_batch(source: str, config_path: str | None = None,
     ensure_library(config.mixbus.library_dir, str(state / "library"),
                    config.mixbus.library_hours, config.mixbus.seed, config.mixbus.library)
     log.info("%d recordings, %d at a time", len(jobs), config.orchestration.concurrency)
-    with ThreadPoolExecutor(config.orchestration.concurrency,
-                            thread_name_prefix="adapt") as pool:
+    pool = ThreadPoolExecutor(config.orchestration.concurrency, thread_name_prefix="adapt")
+    try:
         # Each child runs in a copy of this flow's context, so it is a child flow run.
         futures = [pool.submit(contextvars.copy_context().run, _adapt_one, job, config_path,
                                overrides, config.loop.target) for job in jobs]
         rows = [future.result() for future in futures]
+    except BaseException:  # Ctrl-C, SIGTERM: the queued recordings never start
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     folder = state / "batches" / f"{time.strftime('%Y%m%d-%H%M%S')}-{_batch_id()}"
     folder.mkdir(parents=True, exist_ok=True)

@@ -90,9 +90,12 @@ _STORAGE_ERRORS = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exce
 def storage_problem(exc: BaseException) -> str | None:
     """One line for a full, read-only or forbidden disk met mid-run (an OSError, or SQLite's
     "database or disk is full" from Prefect's or MLflow's store), or None for anything else."""
-    while exc is not None and not isinstance(exc, OSError) and "disk is full" not in str(exc):
+    seen: set[int] = set()
+    while (exc is not None and id(exc) not in seen and not isinstance(exc, OSError)
+           and "disk is full" not in str(exc)):
+        seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
-    if exc is None:
+    if exc is None or not (isinstance(exc, OSError) or "disk is full" in str(exc)):
         return None
     what = _STORAGE_ERRORS.get(exc.errno) if isinstance(exc, OSError) else "database or disk full"
     if what is None:

@@ -29,8 +29,13 @@ def separate(recording: str, out_dir: str, model: str | None = None, recipe: str
     config = load_config(config_path, overrides or [])
     model = resolve_model(model or (None if recipe else config.separate.model), config)
     task = separate_file.with_options(refresh_cache=not outputs_intact(Path(out_dir)))
-    record = task(recording, out_dir, model, recipe, strength, config, force)
-    return record.model_dump(mode="json")
+    record = task(recording, out_dir, model, recipe, strength, config, force).model_dump(
+        mode="json")
+    if read_record(out_dir) != record:  # the cache's record is not what the folder holds now
+        task = separate_file.with_options(refresh_cache=True)
+        record = task(recording, out_dir, model, recipe, strength, config, force).model_dump(
+            mode="json")
+    return record
 
 
 def outputs_intact(out_dir: Path) -> bool:

@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,8 +53,8 @@ def tracking_uri(state: Path, config: Config | None = None) -> str:
 def use_state_dir(state: Path, config: Config | None = None) -> Path:
     """Point Prefect and MLflow inside ``state`` (explicit user settings win).
 
-    First checks, in one line each, that the folder is writable and has room, and moves a
-    damaged Prefect database aside (``check_prefect_db``)."""
+    First checks, in one line, that the folder is writable and has room
+    (``check_state_dir``); ``start_prefect`` then checks Prefect's database."""
     check_state_dir(state)
     os.environ.setdefault("PREFECT_HOME", str(state / "prefect"))
     # Without this a fresh ephemeral API logs "database is locked" tracebacks.
@@ -130,9 +131,9 @@ def check_state_dir(state: Path) -> None:
     fix = "free space there, or point STEMLOOP_HOME at another folder"
     try:
         state.mkdir(parents=True, exist_ok=True)
-        probe = state / f".stemloop-probe-{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        with tempfile.NamedTemporaryFile(dir=state, prefix=".stemloop-probe-") as probe:
+            probe.write(b"ok")
+            probe.flush()
         free_mb = shutil.disk_usage(state).free / 2**20
     except OSError as exc:
         raise UserError(f"{state}: the state folder is not writable "
@@ -164,21 +165,24 @@ def prefect_head_revision() -> str | None:
 def check_prefect_db(db: Path) -> str | None:
     """Move a damaged Prefect SQLite database aside; returns a warning line, or None.
 
-    Damaged means: unreadable, failing SQLite's quick check, or not migrated to the Prefect
-    release installed (a first start cut short, e.g. by a full disk, leaves it half-made and
-    every later start times out). It holds only run history: cached results are files, and
-    MLflow keeps the metrics, so a fresh one loses nothing a rerun needs.
+    Damaged means: unreadable, failing SQLite's quick check, or at a revision other than the
+    installed Prefect's head that no start ever completed at (a first start cut short, e.g.
+    by a full disk, leaves it half-made and every later start times out). A database that
+    completed a start under an older Prefect (``started_at_revision``) is left for Prefect to
+    migrate. It holds only run history: cached results are files, and MLflow keeps the
+    metrics, so a fresh one loses nothing a rerun needs.
     """
     import sqlite3
 
     if not db.is_file():
         return None
     head = prefect_head_revision()
+    started = started_at_revision(db)
     try:
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
             ok = con.execute("PRAGMA quick_check").fetchone()[0] == "ok"
             version = con.execute("SELECT version_num FROM alembic_version").fetchall()
-        problem = (None if ok and head and version == [(head,)] else
+        problem = (None if ok and head and version in ([(head,)], [(started,)]) else
                    "it fails SQLite's check" if not ok else
                    f"its schema is at {version[0][0] if version else 'no'} revision, not "
                    f"{head}")
@@ -195,6 +199,19 @@ def check_prefect_db(db: Path) -> str | None:
     return (f"{db}: Prefect's run-history database was damaged ({problem}; an earlier start "
             f"cut short?); moved to {aside.name}, a fresh one is made (cached results and "
             "MLflow are kept)")
+
+
+def _marker(db: Path) -> Path:
+    return db.with_name(f".{db.name}.started-at")
+
+
+def started_at_revision(db: Path) -> str | None:
+    """The schema revision at which a start on ``db`` last completed (written by
+    ``start_prefect``), or None if none did."""
+    try:
+        return _marker(db).read_text().strip() or None
+    except OSError:
+        return None
 
 
 # ---------------------------------------------------------------- Prefect's temporary API
@@ -242,6 +259,8 @@ def start_prefect(state: Path) -> Path:
             "sqlite") and ":///" in url else None
         server = SubprocessASGIServer()
         server.start()
+        if url.startswith("sqlite") and ":///" in url and (head := prefect_head_revision()):
+            _marker(Path(url.split(":///", 1)[1])).write_text(head)  # a start completed here
     if server.server_process is not None:
         pid = str(server.server_process.pid)
         _watchdogs.append(subprocess.Popen(
@@ -261,10 +280,11 @@ class _NoUserErrorTracebacks(logging.Filter):
     task with its traceback; a person's mistake is already one line from the CLI)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        while exc is not None:
+        exc, seen = (record.exc_info[1] if record.exc_info else None), set()
+        while exc is not None and id(exc) not in seen:
             if isinstance(exc, UserError):
                 return False
+            seen.add(id(exc))
             exc = exc.__cause__ or exc.__context__
         # "Finished in state Failed('... encountered an exception AudioError: ...')"
         message = record.getMessage() if record.levelno >= logging.ERROR else ""

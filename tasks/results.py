@@ -115,11 +115,14 @@ def check_metadata(content: bytes) -> bytes:
         raise UnsafeResult(f"not stemloop result metadata ({exc})") from None
     if serializer != {"type": TYPE}:
         raise UnsafeResult(f"refusing a result written with serializer {serializer!r}")
-    if isinstance(value, str) and Path(value).is_absolute():
-        try:
-            DataOnlyJSON().loads(Path(value).read_bytes())
-        except (OSError, ValueError, TypeError) as exc:
-            raise UnsafeResult(f"{value}: not a data-only result ({exc})") from None
+    base = Path(get_current_settings().results.local_storage_path).resolve()
+    path = (base / str(value)).resolve()  # an absolute key stays itself
+    if base not in path.parents or not path.is_file():
+        raise UnsafeResult(f"{value}: not a result file inside {base}")
+    try:
+        DataOnlyJSON().loads(path.read_bytes())
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise UnsafeResult(f"{value}: not a data-only result ({exc})") from None
     return content
 
 

@@ -81,3 +81,20 @@ def test_serializer_round_trips_data_and_records_and_refuses_objects():
         ser.dumps({"f": Evil(Path("/nowhere"))})
     with pytest.raises(results.UnsafeResult, match="unknown record"):
         ser.loads(json.dumps({"__stemloop_record__": "Popen", "data": {}}).encode())
+
+
+@pytest.mark.parametrize("key", ["/etc/hostname", "../outside.json", "missing.json"])
+def test_metadata_pointing_outside_the_result_folder_is_refused(tmp_path: Path, key):
+    """A key's value must be a regular file inside Prefect's result folder (a copied state
+    folder, a FIFO or /dev/zero would otherwise fail the task or hang it)."""
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+
+    (tmp_path / "storage").mkdir()
+    (tmp_path / "outside.json").write_text("{}")
+    (tmp_path / "storage" / "good.json").write_text('{"a": 1}')
+    metadata = json.dumps({"serializer": {"type": "stemloop-json"}, "storage_key": key})
+    good = json.dumps({"serializer": {"type": "stemloop-json"}, "storage_key": "good.json"})
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path / "storage"}):
+        with pytest.raises(results.UnsafeResult, match="not a result file inside"):
+            results.check_metadata(metadata.encode())
+        assert results.check_metadata(good.encode()) == good.encode()

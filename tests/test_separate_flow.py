@@ -221,6 +221,11 @@ def test_separate_never_writes_over_its_input_or_other_stems(prefect_harness, ti
     record = json.loads((tmp_path / "take-stems" / "separation.json").read_text())
     assert record["input"] == str((tmp_path / "b" / "take.wav").resolve())
 
+    # another output subtype is other settings too
+    assert _separate(str(tmp_path / "b" / "take.wav"), *model, "--out", "take-stems-2",
+                     "--set", "io.output_subtype=PCM_16") == 2
+    _one_line_error(capsys, "other settings", "--force")
+
     # a replaced stem is noticed by content, not existence: the rerun rewrites it
     stem = tmp_path / "take-stems-2" / "voice.wav"
     sf.write(stem, np.zeros((RATE, 2), np.float32), RATE, subtype="FLOAT")

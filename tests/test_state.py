@@ -252,3 +252,20 @@ exit_now_if_threads_linger(130)
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, timeout=60)
     assert done.returncode == 130 and time.monotonic() - began < 30
     assert (tmp_path / "handlers-ran").exists()
+
+
+def test_a_database_from_an_older_prefect_that_started_is_left_to_migrate(tmp_path: Path):
+    """Only a database no start completed at is moved aside; one an older Prefect started
+    (the marker start_prefect writes) is Prefect's to migrate."""
+    import sqlite3
+
+    from flows.state import _marker, check_prefect_db
+
+    db = tmp_path / "prefect.db"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        con.execute("INSERT INTO alembic_version VALUES ('9725c1cbee35')")
+    _marker(db).write_text("9725c1cbee35")
+    assert check_prefect_db(db) is None and db.is_file()
+    _marker(db).write_text("some-other-revision")
+    assert "moved to prefect.db.damaged-" in check_prefect_db(db) and not db.exists()
