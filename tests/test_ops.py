@@ -263,3 +263,40 @@ def test_report_of_an_unfinished_run_folder_is_one_line(capsys, tmp_path):
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_batch_without_starting_its_queued_recordings(tiny_library, tmp_path):
+    """adapt-batch used to ignore SIGTERM until every queued recording had run (its pool
+    waited for them). Now: exit 130 within seconds and the queued recordings never start."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_state import prefect_servers, wait_until
+
+    folder = tmp_path / "recordings"
+    tiny_recordings(folder, 3)
+    sets = tiny_sets(tiny_model(tmp_path / "tiny.pt"), tiny_library,
+                     "orchestration.concurrency=1", "train.steps=2000",
+                     "train.early_stop_patience=0")
+    state = tmp_path / "state"
+    batch = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "adapt-batch", str(folder), "--config", "smoke",
+         *[a for s in sets for a in ("--set", s)]],
+        cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "STEMLOOP_HOME": str(state)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: any(state.glob("runs/*/run-*/iter-000")), 300), \
+            "the first recording never started"
+        batch.send_signal(signal.SIGTERM)
+        began = time.monotonic()
+        assert batch.wait(60) == 130 and time.monotonic() - began < 60
+        assert len(list(state.glob("runs/*/run-*"))) == 1  # the queued two never started
+        # Not asserted yet: here two temporary Prefect servers (other ports than the one
+        # start_prefect started and its watchdog guards) outlived the batch; see the notes.
+    finally:
+        batch.kill()
+        for pid in prefect_servers(state):
+            os.kill(pid, signal.SIGKILL)
