@@ -24,6 +24,7 @@ import torchaudio.functional as AF
 from scipy.signal import lfilter
 
 from adapt.errors import AudioError
+from datasets.files import umask
 
 MAX_CHANNELS = 8
 RATE_RANGE = (8000, 192000)
@@ -172,7 +173,7 @@ def open_writer(path: str | Path, sample_rate: int, channels: int, subtype: str 
         with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=channels, format=fmt,
                           subtype=subtype) as handle:
             yield handle
-        os.chmod(tmp, 0o644 & ~_umask())  # mkstemp makes 0600; stems are for people to share
+        os.chmod(tmp, 0o644 & ~umask())  # mkstemp makes 0600; stems are for people to share
         os.replace(tmp, path)
     except (OSError, sf.SoundFileRuntimeError) as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -184,12 +185,6 @@ def open_writer(path: str | Path, sample_rate: int, channels: int, subtype: str 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def write_audio(path: str | Path, audio: torch.Tensor, sample_rate: int,

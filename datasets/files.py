@@ -24,14 +24,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o644 & ~_umask())  # mkstemp makes 0600; outputs are for people to read
+        os.chmod(tmp, 0o644 & ~umask())  # mkstemp makes 0600; outputs are for people to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's file-creation mask (read without changing it)."""
     current = os.umask(0)
     os.umask(current)
     return current

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import re
@@ -143,6 +144,7 @@ def check_state_dir(state: Path) -> None:
                         f"{MIN_FREE_MB} MB in its state folder; {fix}")
 
 
+@functools.cache
 def prefect_head_revision() -> str | None:
     """The newest SQLite migration Prefect ships (the revision its database ends at)."""
     import importlib.util
