@@ -9,6 +9,7 @@ settings from the environment at import.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import functools
@@ -263,6 +264,10 @@ def start_prefect(state: Path) -> Path:
         server.start()
         if url.startswith("sqlite") and ":///" in url and (head := prefect_head_revision()):
             _marker(Path(url.split(":///", 1)[1])).write_text(head)  # a start completed here
+    # Runs before Prefect's own exit handler (atexit is last in, first out), which stops the
+    # server and forgets it: a thread still running (adapt-batch's recordings after Ctrl-C)
+    # would otherwise start a fresh server that nothing stops.
+    atexit.register(_no_new_servers)
     if server.server_process is not None:
         pid = str(server.server_process.pid)
         _watchdogs.append(subprocess.Popen(
@@ -275,6 +280,17 @@ def start_prefect(state: Path) -> Path:
 
 
 _watchdogs: list[subprocess.Popen] = []
+
+
+def _no_new_servers() -> None:
+    """From now on this process starts no temporary Prefect server (it is exiting)."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    def refuse(self: SubprocessASGIServer, timeout: int | None = None) -> None:
+        if not self.running:
+            raise RuntimeError("stemloop is exiting: no new temporary Prefect server")
+
+    SubprocessASGIServer.start = refuse  # type: ignore[method-assign]
 
 
 class _NoUserErrorTracebacks(logging.Filter):
