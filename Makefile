@@ -35,7 +35,7 @@ QUIET := { grep -v -e 'is ignored: it is neither a file nor a directory' -e '^ *
 .PHONY: demo test lint install sysdeps lock lock-upgrade clean
 
 demo: install
-	$(BIN)/python -m flows.demo
+	$(BIN)/python -m stemloop.flows.demo
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -62,7 +62,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(MAKE) --no-print-directory $(UV)
 	$(UV) pip sync -q --python $(BIN)/python --require-hashes $(LOCK)
 	$(UV) pip install -q --python $(BIN)/python --no-deps --no-build-isolation -e .
-	$(BIN)/python -m flows.envcheck
+	$(BIN)/python -m stemloop.flows.envcheck
 	touch $(STAMP)
 
 $(UV): $(LOCK)

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from adapt.model import Separator
-from datasets.audio import AudioInfo, open_writer, probe, read_range, resample
+from stemloop.adapt.interface import SeparatorModel
+from stemloop.datasets.audio import AudioInfo, open_writer, probe, read_range, resample
 
 ChunkFn = Callable[[torch.Tensor], torch.Tensor]  # (channels, t) -> (sources, channels, t)
 Emit = Callable[[torch.Tensor, torch.Tensor], None]  # stems (S, C, n), mixture (C, n)
@@ -41,7 +41,7 @@ Progress = Callable[[int, int], None]  # (frames done, frames total)
 class ModelStep:
     """One model as a chunk function at ``rate``: ``(channels, t)`` → ``(sources, channels, t)``."""
 
-    def __init__(self, model: Separator, rate: int, strength: float = 1.0):
+    def __init__(self, model: SeparatorModel, rate: int, strength: float = 1.0):
         self.model, self.rate, self.strength = model, rate, strength
         self.names = model.sources
 
@@ -64,7 +64,7 @@ class AtRate(torch.nn.Module):
     engine runs it: resampled to the model's rate, targets resampled back, the last
     source the remainder (so the sources still sum to the input)."""
 
-    def __init__(self, model: Separator, rate: int):
+    def __init__(self, model: SeparatorModel, rate: int):
         super().__init__()
         self.model, self.step = model, ModelStep(model, rate)
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from adapt.apply import ModelStep, chunk_grid, overlap_add
-from adapt.checkpoint import CheckpointError, load_checkpoint
-from adapt.model import Separator
+from stemloop.adapt.apply import ModelStep, chunk_grid, overlap_add
+from stemloop.adapt.checkpoint import CheckpointError, load_checkpoint
+from stemloop.adapt.model import Separator
 
 SOURCES = ["clean", "artefacts"]
 FLOOR_DB = -100.0  # a silent stem, or one the model finds no artefact in

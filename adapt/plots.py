@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from datasets.files import atomic_path
+from stemloop.files import atomic_path
 
 MAX_SECONDS = 60.0  # spectrograms show the first minute: enough to judge, small to store
 

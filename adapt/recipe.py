@@ -22,13 +22,12 @@ import math
 from pathlib import Path
 
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adapt.apply import ModelStep
-from adapt.artefacts import SOURCES, load_artefact_model
-from adapt.checkpoint import load_checkpoint
-from adapt.errors import ConfigError, yaml_error
+from stemloop.adapt.apply import ModelStep
+from stemloop.adapt.artefacts import SOURCES, load_artefact_model
+from stemloop.adapt.checkpoint import load_checkpoint
+from stemloop.errors import ConfigError, read_yaml
 
 NAME = r"^[A-Za-z0-9_-]+$"
 
@@ -57,12 +56,7 @@ class RecipeSpec(BaseModel):
 def read_recipe(path: str | Path) -> RecipeSpec:
     """Parse and validate a recipe file; a one-line ``ConfigError`` naming the key if wrong."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read recipe ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise yaml_error(path, "recipe", exc) from None
+    data = read_yaml(path, "recipe")
     try:
         return RecipeSpec.model_validate(data)
     except ValidationError as exc:

@@ -21,15 +21,16 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel
 
-from adapt.apply import ChunkFn, ModelStep, Progress, separate_file, stem_paths
-from adapt.checkpoint import load_checkpoint, versions
-from adapt.config import Config
-from adapt.errors import UserError
-from adapt.recipe import load_recipe
-from datasets.audio import AudioInfo, AudioStats, measure
-from datasets.files import file_digest, write_json, write_text_atomic
+from stemloop.adapt.apply import ChunkFn, ModelStep, Progress, separate_file, stem_paths
+from stemloop.adapt.checkpoint import load_checkpoint, versions
+from stemloop.adapt.recipe import load_recipe
+from stemloop.config import Config
+from stemloop.datasets.audio import AudioInfo, AudioStats, measure
+from stemloop.errors import UserError
+from stemloop.files import file_digest, write_json, write_text_atomic
+from stemloop.names import SEPARATION_RECORD
 
-RECORD_NAME = "separation.json"
+RECORD_NAME = SEPARATION_RECORD
 
 
 class SeparationRecord(BaseModel):

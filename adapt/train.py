@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapt.checkpoint import load_checkpoint, save_checkpoint
-from adapt.config import LossWeights, TrainConfig
-from adapt.metrics import si_sdr
-from adapt.model import Separator
+from stemloop.adapt.checkpoint import load_checkpoint, save_checkpoint
+from stemloop.adapt.interface import SeparatorModel
+from stemloop.adapt.metrics import si_sdr
+from stemloop.config import LossWeights, TrainConfig
+from stemloop.names import VAL_SI_SDR, VAL_SI_SDRI
 
 Stage = Literal["full", "new-layers", "all"]
 Batches = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
@@ -108,7 +109,7 @@ def losses(estimate: torch.Tensor, reference: torch.Tensor, mixture: torch.Tenso
 # ---------------------------------------------------------------- validation
 
 @torch.no_grad()
-def validate(model: Separator, examples: list[tuple[torch.Tensor, torch.Tensor]]
+def validate(model: SeparatorModel, examples: list[tuple[torch.Tensor, torch.Tensor]]
              ) -> dict[str, float]:
     """Mean SI-SDR and SI-SDR improvement of the targets (not the complement), dB."""
     model.eval()
@@ -120,8 +121,8 @@ def validate(model: Separator, examples: list[tuple[torch.Tensor, torch.Tensor]]
         scores.append(score.mean())
         improvements.append((score - si_sdr(mixture[:, None].expand_as(targets), targets)).mean())
     model.train()
-    return {"val/si_sdr": float(torch.stack(scores).mean()),
-            "val/si_sdri": float(torch.stack(improvements).mean())}
+    return {VAL_SI_SDR: float(torch.stack(scores).mean()),
+            VAL_SI_SDRI: float(torch.stack(improvements).mean())}
 
 
 # ---------------------------------------------------------------- the loop
@@ -141,7 +142,7 @@ class Run:
         return self.folder / "best.pt"
 
 
-def train(model: Separator, batches: Batches, val: list[tuple[torch.Tensor, torch.Tensor]],
+def train(model: SeparatorModel, batches: Batches, val: list[tuple[torch.Tensor, torch.Tensor]],
           config: TrainConfig, run: Run, stage: Stage = "full", steps: int | None = None,
           lr: float | None = None, inherited_lr_scale: float = 1.0,
           goal_si_sdr: float | None = None, on_metrics: OnMetrics | None = None,
@@ -167,8 +168,8 @@ def train(model: Separator, batches: Batches, val: list[tuple[torch.Tensor, torc
     _resume(run, model, optimizer, scheduler, state)
     if keep_start and state["step"] == 0:
         start = validate(model, val)
-        state["best_si_sdr"] = start["val/si_sdr"]
-        save_checkpoint(run.best, model, {"step": 0, "val_si_sdr": start["val/si_sdr"]})
+        state["best_si_sdr"] = start[VAL_SI_SDR]
+        save_checkpoint(run.best, model, {"step": 0, "val_si_sdr": start[VAL_SI_SDR]})
         state["history"].append({"step": 0, **start})
         if on_metrics:
             on_metrics(start, 0)
@@ -201,24 +202,24 @@ def train(model: Separator, batches: Batches, val: list[tuple[torch.Tensor, torc
             "history": state["history"]}
 
 
-def _after_step(model: Separator, val: list, config: TrainConfig, run: Run,
+def _after_step(model: SeparatorModel, val: list, config: TrainConfig, run: Run,
                 optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any],
                 row: dict[str, float], goal: float | None, last: bool) -> str:
     """Validate, schedule, checkpoint; returns "running" or why training stops."""
     step, verdict = state["step"], "running"
     if step % config.val_every == 0 or last:
         row.update(validate(model, val))
-        if row["val/si_sdr"] > state["best_si_sdr"]:
-            state["best_si_sdr"], state["bad_checks"] = row["val/si_sdr"], 0
-            save_checkpoint(run.best, model, {"step": step, "val_si_sdr": row["val/si_sdr"]})
+        if row[VAL_SI_SDR] > state["best_si_sdr"]:
+            state["best_si_sdr"], state["bad_checks"] = row[VAL_SI_SDR], 0
+            save_checkpoint(run.best, model, {"step": step, "val_si_sdr": row[VAL_SI_SDR]})
         else:
             state["bad_checks"] += 1
         if config.early_stop_patience and state["bad_checks"] >= config.early_stop_patience:
             verdict = "early-stop"
-        if goal is not None and row["val/si_sdr"] >= goal:
+        if goal is not None and row[VAL_SI_SDR] >= goal:
             verdict = "goal"
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(-row["val/si_sdr"])
+            scheduler.step(-row[VAL_SI_SDR])
     if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         scheduler.step()
     if step % config.checkpoint_every == 0 or last or verdict != "running":
@@ -242,7 +243,7 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps: int
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _save(run: Run, model: Separator, optimizer: torch.optim.Optimizer, scheduler: Any,
+def _save(run: Run, model: SeparatorModel, optimizer: torch.optim.Optimizer, scheduler: Any,
           state: dict[str, Any], row: dict[str, float]) -> None:
     # The pending row is part of the step just taken: store it so a resume does not lose it.
     history = [*state["history"], {"step": state["step"], **row}]
@@ -252,7 +253,7 @@ def _save(run: Run, model: Separator, optimizer: torch.optim.Optimizer, schedule
                                       "rng": torch.get_rng_state()})
 
 
-def _resume(run: Run, model: Separator, optimizer: torch.optim.Optimizer, scheduler: Any,
+def _resume(run: Run, model: SeparatorModel, optimizer: torch.optim.Optimizer, scheduler: Any,
             state: dict[str, Any]) -> None:
     if not run.last.exists():
         run.folder.mkdir(parents=True, exist_ok=True)

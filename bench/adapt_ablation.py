@@ -47,7 +47,7 @@ __doc__ += "\n".join(f"    {k}: {v}" for k, v in VARIANTS.items())
 
 def schema_for(variant: dict, matched: dict, targets: list[Path], complements: list[Path],
                name: str, levels: tuple[float, float]) -> dict:
-    from datasets.adaptset import _child, adaptation_schema
+    from stemloop.datasets.adaptset import _child, adaptation_schema
 
     share = 1.0 - variant["own_voice"]
     schema = adaptation_schema(targets, complements, copy.deepcopy(matched), name, share, [],
@@ -86,14 +86,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/adapt_ablation.jsonl"))
     args = parser.parse_args()
 
-    from adapt.checkpoint import load_checkpoint
-    from adapt.config import load_config
-    from adapt.metrics import si_sdr
-    from adapt.train import Run, train, validate
-    from datasets.adaptset import holdout_pairs
-    from datasets.audio import loudness, read_audio, resample
-    from datasets.batches import TrainingData
-    from flows.state import state_dir
+    from stemloop.adapt.checkpoint import load_checkpoint
+    from stemloop.adapt.metrics import si_sdr
+    from stemloop.adapt.train import Run, train, validate
+    from stemloop.config import load_config
+    from stemloop.datasets.adaptset import holdout_pairs
+    from stemloop.datasets.audio import loudness, read_audio, resample
+    from stemloop.datasets.batches import TrainingData
+    from stemloop.tasks.state import state_dir
 
     config = load_config(None, ["train.threads=1", "train.workers=1", *args.overrides])
     torch.set_num_threads(1)
@@ -110,7 +110,7 @@ def main() -> None:
     variant = VARIANTS[args.variant]
     import pandas as pd
 
-    from datasets.adaptset import restrict_speech
+    from stemloop.datasets.adaptset import restrict_speech
 
     library = str(state_dir() / "library")
     manifest = pd.read_parquet(Path(library) / "manifest.parquet")
@@ -139,14 +139,14 @@ def main() -> None:
     lib_data = TrainingData(work / "matched-lib.yaml", library, ["dialogue"], work / "lib-pools",
                             8, 32, t.pool_seconds, t.segment_s, t.batch_size, t.seed + 7, 1)
     _, matched_val = lib_data(model.sample_rate)
-    from datasets.adaptset import pseudo_reference, reference_schema
+    from stemloop.datasets.adaptset import pseudo_reference, reference_schema
 
     voices = manifest[manifest["class"] == "speech"].sample(16, random_state=0)["path"]
     held = json.loads((args.run_dir / "holdout.json").read_text())["files"]["complement"]
     over_background = pseudo_reference([Path(library) / p for p in voices],
                                        [Path(p) for p in held], model.sample_rate, 3.0, 24,
                                        (-5.0, 0.0, 5.0), 0)
-    from datasets.adaptset import reference_pairs
+    from stemloop.datasets.adaptset import reference_pairs
 
     matched_reference = reference_pairs(args.run_dir / "holdout.json", library,
                                         model.sample_rate, config)

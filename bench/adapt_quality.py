@@ -34,10 +34,10 @@ PARTS = ("quality/estimate", "quality/matched_reference", "quality/pseudo_refere
 
 def run(names: list[str], config: str | None, overrides: list[str], run_name: str,
         done=lambda rows: None, demo: Path = DEMO) -> list[dict]:
-    from flows.state import state_dir, use_state_dir
+    from stemloop.tasks.state import state_dir, use_state_dir
 
     use_state_dir(state_dir())
-    from flows.adapt import adapt_recording
+    from stemloop.flows.adapt import adapt_recording
 
     rows = []
     for name in names:

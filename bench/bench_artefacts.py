@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 from scipy.stats import spearmanr
 
-from adapt.apply import chunk_grid, separate_tensor
-from adapt.artefacts import artefact_energy_db, load_artefact_model
-from adapt.config import CONFIG_DIR
-from adapt.metrics import si_sdr
-from adapt.recipe import load_recipe
-from datasets.audio import read_audio
-from datasets.batches import render_pool
+from stemloop.adapt.apply import chunk_grid, separate_tensor
+from stemloop.adapt.artefacts import artefact_energy_db, load_artefact_model
+from stemloop.adapt.metrics import si_sdr
+from stemloop.adapt.recipe import load_recipe
+from stemloop.config import CONFIG_DIR
+from stemloop.datasets.audio import read_audio
+from stemloop.datasets.batches import render_pool
 
 GENERAL = Path("models/general-dialogue-v1/model-16000.pt")
 RECIPE = "name: bench\nsteps:\n  - name: dialogue\n    models: [{general}]\n{post}rest: rest\n"

@@ -32,9 +32,9 @@ import soundfile as sf
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from adapt.checkpoint import load_checkpoint  # noqa: E402
-from adapt.metrics import si_sdr  # noqa: E402
 from bench.bench_general import dialogue_estimates, heldout_pool  # noqa: E402
+from stemloop.adapt.checkpoint import load_checkpoint  # noqa: E402
+from stemloop.adapt.metrics import si_sdr  # noqa: E402
 
 BINS = ((-99.0, 5.0), (5.0, 10.0), (10.0, 15.0), (15.0, 99.0))
 

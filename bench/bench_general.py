@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from adapt.apply import AtRate
-from adapt.checkpoint import load_checkpoint
-from adapt.config import CONFIG_DIR
-from adapt.metrics import si_sdr
-from datasets.batches import render_pool
+from stemloop.adapt.apply import AtRate
+from stemloop.adapt.checkpoint import load_checkpoint
+from stemloop.adapt.metrics import si_sdr
+from stemloop.config import CONFIG_DIR
+from stemloop.datasets.batches import render_pool
 
 
 def heldout_pool(library: Path, examples: int, rate: int, seconds: float, seed: int

@@ -22,8 +22,8 @@ import torch
 
 
 def bench_build(out: Path, hours: float, seed: int) -> dict:
-    from adapt.config import load_config
-    from datasets.library import build_library
+    from stemloop.config import load_config
+    from stemloop.datasets.library import build_library
 
     if out.exists():
         shutil.rmtree(out)
@@ -44,8 +44,8 @@ def bench_build(out: Path, hours: float, seed: int) -> dict:
 
 
 def bench_render(library: Path, n: int, rate: int, seconds: float, workers: int) -> dict:
-    from adapt.config import CONFIG_DIR
-    from datasets.loader import MixDataset
+    from stemloop.config import CONFIG_DIR
+    from stemloop.datasets.loader import MixDataset
 
     dataset = MixDataset(CONFIG_DIR / "mixbus" / "dialogue.yaml", library, n, rate, seconds, 0)
     loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=workers,

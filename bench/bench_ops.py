@@ -37,6 +37,8 @@ import psutil
 import soundfile as sf
 from scipy.signal import resample_poly
 
+STEMLOOP = [sys.executable, "-m", "stemloop.flows.cli"]  # the command, this venv's
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
@@ -95,7 +97,7 @@ class PeakSampler:
 
 def _tiny_library(tmp: Path) -> Path:
     library = tmp / "library"
-    subprocess.run([sys.executable, "-m", "flows.cli", "library", "build", "--out", str(library),
+    subprocess.run([*STEMLOOP, "library", "build", "--out", str(library),
                     "--hours", "0.002", "--seed", "3", "--set", "mixbus.library.composers=[bach]",
                     "--set", "mixbus.library.piece_max_s=6", "--set",
                     "mixbus.library.speech_clip_s=4"], cwd=ROOT, check=True,
@@ -249,7 +251,7 @@ def three_minute(args: argparse.Namespace) -> dict:
         raise SystemExit("the demo set gives less than 3 minutes: run bench/demo_set.py")
     sf.write(recording, audio, 16000, subtype="PCM_24")
     env = {**os.environ, "STEMLOOP_HOME": str(folder / "state"), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "flows.cli", "adapt", str(recording),
+    command = [*STEMLOOP, "adapt", str(recording),
                *[a for s in args.overrides for a in ("--set", s)]]
     began = time.monotonic()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)

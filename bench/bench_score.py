@@ -21,8 +21,15 @@ from pathlib import Path
 
 import torch
 
-from adapt.score import banding_db, click_rate, dnsmos, ghosting, noise_floor_db, score_stems
-from datasets.audio import read_audio, resample
+from stemloop.adapt.score import (
+    banding_db,
+    click_rate,
+    dnsmos,
+    ghosting,
+    noise_floor_db,
+    score_stems,
+)
+from stemloop.datasets.audio import read_audio, resample
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "truth"
 

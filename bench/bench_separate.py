@@ -34,10 +34,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adapt.checkpoint import save_checkpoint  # noqa: E402
-from adapt.config import load_config  # noqa: E402
-from adapt.model import build_model, count_parameters  # noqa: E402
-from adapt.separate import prepare, run_separation  # noqa: E402
+from stemloop.adapt.checkpoint import save_checkpoint  # noqa: E402
+from stemloop.adapt.model import build_model, count_parameters  # noqa: E402
+from stemloop.adapt.separate import prepare, run_separation  # noqa: E402
+from stemloop.config import load_config  # noqa: E402
 
 
 def make_file(path: Path, rate: int, seconds: float, block_s: float = 60.0) -> Path:
@@ -113,7 +113,7 @@ def memory(args: argparse.Namespace, work: Path) -> None:
         peaks, trees, walls = [], [], []
         for _ in range(args.runs):
             out = work / "out"
-            argv = [sys.executable, "-m", "flows.cli", "separate", str(source), "--model",
+            argv = [sys.executable, "-m", "stemloop.flows.cli", "separate", str(source), "--model",
                     str(model), "--out", str(out)]
             wall, peak, tree = measure_process(argv, work / "stderr.log")
             peaks.append(peak)

@@ -38,12 +38,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/upscale.json"))
     args = parser.parse_args()
 
-    from adapt.checkpoint import load_checkpoint
-    from adapt.config import load_config
-    from adapt.model import build_model
-    from adapt.train import Run, train, validate
-    from adapt.upscale import transplant, upscale
-    from tasks.train import training_data
+    from stemloop.adapt.checkpoint import load_checkpoint
+    from stemloop.adapt.model import build_model
+    from stemloop.adapt.train import Run, train, validate
+    from stemloop.adapt.upscale import transplant, upscale
+    from stemloop.config import load_config
+    from stemloop.tasks.train import training_data
 
     torch.set_num_threads(1)
     config = load_config("general", ["train.threads=1", "train.val_every=50",

@@ -3,7 +3,7 @@
 Each mixture is mono archival-style dialogue over music and noise, made only
 from material held out of the general model's labelled library (other voices,
 recorded speech, other scores, another soundfont and synth timbres; see
-``datasets/heldout.py``), degraded by a seeded chain (``datasets/archival_mix.py``).
+``datasets/evalsources.py``), degraded by a seeded chain (``datasets/archival_mix.py``).
 Layout, per mixture::
 
     <out>/<name>/mixture.flac              24-bit, the exact sum of the truth stems
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from adapt.config import load_config
-from datasets.archival_mix import STEMS, MixSpec, build_mixture, write_mixture
-from datasets.heldout import ALLISON, ARMELLE, CSOUND_SF2, LIBRIVOX
+from stemloop.config import load_config
+from stemloop.datasets.archival_mix import STEMS, MixSpec, build_mixture, write_mixture
+from stemloop.datasets.evalsources import ALLISON, ARMELLE, CSOUND_SF2, LIBRIVOX
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "out" / "demo-set"

@@ -34,7 +34,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from adapt.metrics import si_sdr
+from stemloop.adapt.metrics import si_sdr
 
 ROOT = Path(__file__).resolve().parents[1]
 Peer = Callable[[np.ndarray], np.ndarray]  # mono float64 at the peer's rate -> same length

@@ -25,15 +25,15 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adapt.apply import AtRate  # noqa: E402
-from adapt.checkpoint import load_checkpoint  # noqa: E402
-from adapt.config import load_config  # noqa: E402
-from adapt.score import pseudo_reference_si_sdr  # noqa: E402
 from bench.adapt_quality import PARTS, pairs_ordered  # noqa: E402
-from datasets.adaptset import reference_pairs, restrict_speech  # noqa: E402
-from datasets.audio import probe  # noqa: E402
-from datasets.library import Library  # noqa: E402
-from flows.state import state_dir  # noqa: E402
+from stemloop.adapt.apply import AtRate  # noqa: E402
+from stemloop.adapt.checkpoint import load_checkpoint  # noqa: E402
+from stemloop.adapt.score import pseudo_reference_si_sdr  # noqa: E402
+from stemloop.config import load_config  # noqa: E402
+from stemloop.datasets.adaptset import reference_pairs, restrict_speech  # noqa: E402
+from stemloop.datasets.audio import probe  # noqa: E402
+from stemloop.datasets.library import Library  # noqa: E402
+from stemloop.tasks.state import state_dir  # noqa: E402
 
 
 def recorded_voices(library: Path, subclass: str) -> list[str]:

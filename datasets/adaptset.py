@@ -26,48 +26,45 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 
-from adapt.config import Config, deep_merge
-from datasets.audio import read_audio, resample, write_audio
-from datasets.cull import Segment
-from datasets.files import atomic_path, write_text_atomic
+from stemloop.config import Config, deep_merge
+from stemloop.datasets.audio import read_audio, resample, write_audio
+from stemloop.datasets.cull import Segment, apply_guidance, coverage, cull_iteration, segments_table
+from stemloop.files import atomic_path, write_text_atomic
 
-Region = tuple[float, float]  # seconds
+
+class Holdout(BaseModel, frozen=True):
+    """A run's ``holdout.json``: the held-out segments' files per side ("target",
+    "complement"), their time regions (never trained on), and the matched-reference schema."""
+
+    files: dict[str, list[str]]
+    regions: list[tuple[float, float]]  # seconds
+    reference: str | None = None  # absent in holdout files from before the matched reference
+
+    @classmethod
+    def read(cls, path: str | Path) -> Holdout:
+        return cls.model_validate_json(Path(path).read_text())
+
+    def write(self, path: Path) -> None:
+        write_text_atomic(path, self.model_dump_json(indent=1))
+
+
+class IterationDataset(BaseModel, frozen=True):
+    """What ``build_iteration`` made: the training schema, the run's holdout file, and per
+    side the culled coverage (fraction of the recording), seconds and segment count."""
+
+    schema_path: str
+    holdout: str
+    coverage: dict[str, float]
+    seconds: dict[str, float]
+    segments: dict[str, int]
 
 
 @dataclass(frozen=True)
 class SegmentSplit:
     train: list[Segment]
     holdout: list[Segment]
-
-
-def apply_guidance(segments: list[Segment], rate: int, include: list[Region],
-                   exclude: list[Region]) -> list[Segment]:
-    """Segments clipped to the ``include`` regions (if any) with ``exclude`` regions cut out."""
-    spans = [(s.start, s.stop, s.level_db) for s in segments]
-    if include:
-        spans = [(max(a, int(lo * rate)), min(b, int(hi * rate)), db) for a, b, db in spans
-                 for lo, hi in include if min(b, int(hi * rate)) > max(a, int(lo * rate))]
-    for lo, hi in exclude:
-        cut_lo, cut_hi = int(lo * rate), int(hi * rate)
-        kept = []
-        for a, b, db in spans:
-            kept += [(a, min(b, cut_lo), db)] if a < cut_lo else []
-            kept += [(max(a, cut_hi), b, db)] if b > cut_hi else []
-        spans = [(a, b, db) for a, b, db in kept if b > a]
-    return [Segment(a, b, db) for a, b, db in spans]
-
-
-def chop(segments: list[Segment], length: int) -> list[Segment]:
-    """Segments longer than ``length`` samples cut into pieces of at most ``length``
-    (the last piece of each takes the remainder if it is at least half as long)."""
-    pieces = []
-    for s in segments:
-        cuts = list(range(s.start, s.stop, length)) + [s.stop]
-        if len(cuts) > 2 and cuts[-1] - cuts[-2] < length // 2:
-            cuts.pop(-2)
-        pieces += [Segment(a, b, s.level_db) for a, b in zip(cuts, cuts[1:], strict=False)]
-    return pieces
 
 
 def split_holdout(segments: list[Segment], fraction: float, seed: int) -> SegmentSplit:
@@ -101,7 +98,7 @@ def write_segments(audio: torch.Tensor, rate: int, segments: list[Segment], fold
     return paths
 
 
-def _around(lufs: float) -> list[float]:
+def _lufs_range(lufs: float) -> list[float]:
     """A loudness range drawn within ±4 dB of ``lufs`` (never above -1 LUFS)."""
     return [lufs - 4, min(lufs + 4, -1)]
 
@@ -118,12 +115,12 @@ def match_balance(schema: dict[str, Any], levels: tuple[float, float],
     children = {n["name"]: n for n in sources.get("children", [])}
     voices = children.get("voices", {}).get("children", [])
     if voices:
-        voices[0]["lufs"] = _around(levels[0])
+        voices[0]["lufs"] = _lufs_range(levels[0])
     if "music" in children:
         music = children["music"]
         music["probability"] = music.get("probability", 1.0) * (1.0 - background_share)
         for child in music.get("children", []):
-            child["lufs"] = _around(levels[1])
+            child["lufs"] = _lufs_range(levels[1])
 
 
 def adaptation_schema(targets: list[Path], complements: list[Path], matched: dict[str, Any],
@@ -148,9 +145,9 @@ def adaptation_schema(targets: list[Path], complements: list[Path], matched: dic
         match_balance(schema, levels, share if complements else 0.0)
     own = {"name": "recording", "probability": 1.0 - library_share}
     voices = {**own, "feed": {"files": [str(p) for p in targets]},
-              "lufs": _around(levels[0])}
+              "lufs": _lufs_range(levels[0])}
     background = {**own, "feed": {"files": [str(p) for p in complements]},
-                  "lufs": _around(levels[1])}
+                  "lufs": _lufs_range(levels[1])}
     buses = schema["buses"]
     sources = _child(buses, "sources")
     for child in sources["children"]:
@@ -202,7 +199,7 @@ def reference_speech(library: str | None, choice: str) -> dict[str, Any] | None:
     else None (every library voice, synthetic ones included)."""
     if choice != "natural" or not library:
         return None
-    from datasets.library import Library
+    from stemloop.datasets.library import Library
 
     natural = {"subclass": "natural"}
     voices = Library(library).query(**{"class": "speech", **natural})["voice"]
@@ -227,7 +224,7 @@ def reference_schema(matched: dict[str, Any], background: list[Path], target_nam
         _child(schema["buses"], "noise")["children"].append(
             {"name": "recording", "probability": 1.0,
              "feed": {"files": [str(Path(p).resolve()) for p in background]},
-             "lufs": _around(level)})
+             "lufs": _lufs_range(level)})
     schema["targets"] = {target_name: {"bus": "sources/voices"},
                          "background": {"bus": "sources/music"}, "noise": {"bus": "noise"}}
     schema["description"] = "matched reference: library voices over the recording's background"
@@ -274,36 +271,25 @@ def _crop(clip: torch.Tensor, length: int, gen: torch.Generator) -> torch.Tensor
 
 def build_iteration(stems: dict[str, Path], target: str, iteration: int, config: Config,
                     folder: Path, base_schema: dict[str, Any], holdout_file: Path,
-                    reference_voices: dict[str, Any] | None = None) -> dict[str, Any]:
+                    reference_voices: dict[str, Any] | None = None) -> IterationDataset:
     """Cull an iteration's stems and write its dataset into ``folder``.
 
     Iteration 0 also chooses the held-out segments and records them in
     ``holdout_file`` (their files and time regions); later iterations never train on
     those regions. The matched reference's voices match ``reference_voices``
-    (see ``reference_speech``). Returns a small record: coverage and seconds per stem,
-    the schema path, the held-out files.
+    (see ``reference_speech``).
     """
-    import json
 
     import pandas as pd
     import yaml
-
-    from datasets.cull import coverage, cull, segments_table
 
     audio = {name: read_audio(path) for name, path in stems.items()}
     rate = audio[target][1]
     mine = audio[target][0]
     rest = sum(a for name, (a, _) in audio.items() if name != target)
     guide, loop = config.loop.guidance, config.loop
-    piece = int(loop.segment_max_s * rate)
-    segments = {}
-    for name, stem in (("target", mine), ("complement", rest)):
-        found = apply_guidance(cull(stem, rate, config.cull, iteration), rate,
-                               list(guide.include), list(guide.exclude))
-        if name == "complement":
-            found = _where_target_absent(found, mine, rate, config, iteration)
-        segments[name] = chop(found, piece)
-    from datasets.audio import loudness
+    segments = cull_iteration(mine, rest, rate, config, iteration)
+    from stemloop.datasets.audio import loudness
 
     levels = (loudness(mine, rate), loudness(rest, rate))
     levels = tuple(v if v == v and v > -70 else -30.0 for v in levels)
@@ -321,11 +307,10 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
             base_schema, [Path(p) for p in holdout["complement"]], target, levels[1],
             reference_voices, levels if loop.match_balance else None),
             sort_keys=False))
-        write_text_atomic(holdout_file, json.dumps({"files": holdout, "regions": regions,
-                                                    "reference": str(reference)}, indent=1))
+        Holdout(files=holdout, regions=regions, reference=str(reference)).write(holdout_file)
         train = {name: split.train for name, split in held.items()}
     else:
-        regions = [tuple(r) for r in json.loads(holdout_file.read_text())["regions"]]
+        regions = Holdout.read(holdout_file).regions
         train = {name: apply_guidance(segs, rate, [], regions) for name, segs in
                  segments.items()}
     folder.mkdir(parents=True, exist_ok=True)
@@ -343,30 +328,11 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
     schema_path = folder / "schema.yaml"
     write_text_atomic(schema_path, yaml.safe_dump(schema, sort_keys=False))
     length = mine.shape[-1]
-    return {"schema": str(schema_path), "holdout": str(holdout_file),
-            "coverage": {"target": coverage(train["target"], length),
-                         "complement": coverage(train["complement"], length)},
-            "seconds": {name: sum(s.stop - s.start for s in segs) / rate
-                        for name, segs in train.items()},
-            "segments": {name: len(segs) for name, segs in train.items()}}
-
-
-def _where_target_absent(found: list[Segment], target: torch.Tensor, rate: int,
-                         config: Config, iteration: int) -> list[Segment]:
-    """Complement segments with the target's active stretches cut out: background material
-    without dialogue in it. The target counts as active down to ``cull.absent_margin_db``
-    below its own cull threshold, so faint leaked dialogue is cut out too. Nothing is put
-    back when little remains: a complement taken during speech carries the teacher's
-    leaked dialogue (5 to 14 dB below the background on the demo mixtures), and training
-    on it teaches the model that the recording's voice is background."""
-    from datasets.cull import cull
-
-    lenient = config.cull.model_copy(update={
-        "threshold_db": max(-120.0, config.cull.threshold_db - config.cull.absent_margin_db),
-        "min_duration_s": 0.0})
-    present = [(s.start / rate, s.stop / rate) for s in cull(target, rate, lenient, iteration)]
-    shortest = config.cull.min_duration_s * rate
-    return [s for s in apply_guidance(found, rate, [], present) if s.stop - s.start >= shortest]
+    return IterationDataset(
+        schema_path=str(schema_path), holdout=str(holdout_file),
+        coverage={name: coverage(train[name], length) for name in ("target", "complement")},
+        seconds={name: sum(s.stop - s.start for s in segs) / rate for name, segs in train.items()},
+        segments={name: len(segs) for name, segs in train.items()})
 
 
 def reference_pairs(holdout_file: Path, library: str | None, rate: int, config: Config
@@ -375,15 +341,14 @@ def reference_pairs(holdout_file: Path, library: str | None, rate: int, config: 
     run's ``reference.yaml``, rendered once per rate and kept beside ``holdout.json``.
     Without held-out background (a recording whose dialogue never pauses) its noise is
     the matched library's alone."""
-    import json
 
-    from datasets.batches import TrainingData
+    from stemloop.datasets.batches import TrainingData
 
-    record = json.loads(Path(holdout_file).read_text())
-    if not record.get("reference"):
+    record = Holdout.read(holdout_file)
+    if not record.reference:
         return []
     loop = config.loop
-    data = TrainingData(record["reference"], library, [loop.target],
+    data = TrainingData(record.reference, library, [loop.target],
                         Path(holdout_file).parent / "reference", 1, loop.reference_examples,
                         loop.pseudo_seconds, loop.pseudo_seconds, 8, config.train.seed + 1)
     return data(rate)[1]
@@ -392,9 +357,8 @@ def reference_pairs(holdout_file: Path, library: str | None, rate: int, config: 
 def holdout_pairs(holdout_file: Path, rate: int, config: Config
                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The pseudo-reference set at ``rate`` from a run's ``holdout.json``."""
-    import json
 
-    files = json.loads(Path(holdout_file).read_text())["files"]
+    files = Holdout.read(holdout_file).files
     loop = config.loop
     return pseudo_reference([Path(p) for p in files["target"]],
                             [Path(p) for p in files["complement"]], rate, loop.pseudo_seconds,

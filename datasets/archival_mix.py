@@ -19,8 +19,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from datasets import augment
-from datasets.heldout import render_music, speech_line
+from stemloop.datasets import augment
+from stemloop.datasets.evalsources import render_music, speech_line
 
 STEMS = ("dialogue", "music", "noise")
 
@@ -29,7 +29,7 @@ STEMS = ("dialogue", "music", "noise")
 class MixSpec:
     name: str
     seed: int
-    voices: tuple[str, ...]     # speakers taking turns (datasets.heldout.VOICES)
+    voices: tuple[str, ...]     # speakers taking turns (datasets.evalsources.VOICES)
     composer: str               # music21 corpus composer …
     score: str                  # … and file name
     font: str                   # sf_GMbank | pluck | reed

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from datasets.batches import Batch, cached_pool, fixed_batches, remix_batch, render_pool
+from stemloop.datasets.batches import Batch, cached_pool, fixed_batches, remix_batch, render_pool
 
 PARTS = ("clean", "artefacts")
 # A separator's estimate of one stem: (channels, time) -> (channels, time), same rate. The

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from datasets.files import atomic_path
-from datasets.loader import MixDataset
+from stemloop.datasets.loader import MixDataset
+from stemloop.files import atomic_path
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

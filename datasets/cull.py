@@ -8,6 +8,10 @@ would otherwise break speech into runs too short to keep — then runs shorter
 than ``min_duration_s`` are dropped. The threshold rises each iteration
 ("a further RMS level greater than the prior"), so later iterations train on
 ever more confident material.
+
+The whole rule of one iteration is ``cull_iteration``: the target's confident segments;
+the complement's, where the target is absent; both within a restorer's guidance
+(regions to include or exclude) and cut into pieces of at most ``loop.segment_max_s``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from adapt.config import CullConfig
+from stemloop.config import Config, CullConfig
+
+Region = tuple[float, float]  # seconds
 
 
 @dataclass(frozen=True)
@@ -95,3 +101,62 @@ def segments_table(stem: str, segments: list[Segment], rate: int) -> pd.DataFram
                          "stop_s": [s.stop / rate for s in segments],
                          "level_db": [s.level_db for s in segments]},
                         columns=["stem", "start", "stop", "start_s", "stop_s", "level_db"])
+
+
+def cull_iteration(target: torch.Tensor, complement: torch.Tensor, rate: int, config: Config,
+                   iteration: int) -> dict[str, list[Segment]]:
+    """The confident ``target`` and ``complement`` segments of an iteration's stems."""
+    guide, piece = config.loop.guidance, int(config.loop.segment_max_s * rate)
+    segments = {}
+    for name, stem in (("target", target), ("complement", complement)):
+        found = apply_guidance(cull(stem, rate, config.cull, iteration), rate,
+                               list(guide.include), list(guide.exclude))
+        if name == "complement":
+            found = where_target_absent(found, target, rate, config, iteration)
+        segments[name] = chop(found, piece)
+    return segments
+
+
+def apply_guidance(segments: list[Segment], rate: int, include: list[Region],
+                   exclude: list[Region]) -> list[Segment]:
+    """Segments clipped to the ``include`` regions (if any) with ``exclude`` regions cut out."""
+    spans = [(s.start, s.stop, s.level_db) for s in segments]
+    if include:
+        spans = [(max(a, int(lo * rate)), min(b, int(hi * rate)), db) for a, b, db in spans
+                 for lo, hi in include if min(b, int(hi * rate)) > max(a, int(lo * rate))]
+    for lo, hi in exclude:
+        cut_lo, cut_hi = int(lo * rate), int(hi * rate)
+        kept = []
+        for a, b, db in spans:
+            kept += [(a, min(b, cut_lo), db)] if a < cut_lo else []
+            kept += [(max(a, cut_hi), b, db)] if b > cut_hi else []
+        spans = [(a, b, db) for a, b, db in kept if b > a]
+    return [Segment(a, b, db) for a, b, db in spans]
+
+
+def chop(segments: list[Segment], length: int) -> list[Segment]:
+    """Segments longer than ``length`` samples cut into pieces of at most ``length``
+    (the last piece of each takes the remainder if it is at least half as long)."""
+    pieces = []
+    for s in segments:
+        cuts = list(range(s.start, s.stop, length)) + [s.stop]
+        if len(cuts) > 2 and cuts[-1] - cuts[-2] < length // 2:
+            cuts.pop(-2)
+        pieces += [Segment(a, b, s.level_db) for a, b in zip(cuts, cuts[1:], strict=False)]
+    return pieces
+
+
+def where_target_absent(found: list[Segment], target: torch.Tensor, rate: int,
+                         config: Config, iteration: int) -> list[Segment]:
+    """Complement segments with the target's active stretches cut out: background material
+    without dialogue in it. The target counts as active down to ``cull.absent_margin_db``
+    below its own cull threshold, so faint leaked dialogue is cut out too. Nothing is put
+    back when little remains: a complement taken during speech carries the teacher's
+    leaked dialogue (5 to 14 dB below the background on the demo mixtures), and training
+    on it teaches the model that the recording's voice is background."""
+    lenient = config.cull.model_copy(update={
+        "threshold_db": max(-120.0, config.cull.threshold_db - config.cull.absent_margin_db),
+        "min_duration_s": 0.0})
+    present = [(s.start / rate, s.stop / rate) for s in cull(target, rate, lenient, iteration)]
+    shortest = config.cull.min_duration_s * rate
+    return [s for s in apply_guidance(found, rate, [], present) if s.stop - s.start >= shortest]

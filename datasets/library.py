@@ -22,13 +22,13 @@ from typing import Any
 import pandas as pd
 import torch
 
-from adapt.config import LibraryConfig
-from adapt.errors import UserError
-from datasets import augment
-from datasets.audio import check_output_dir, loudness, write_audio
-from datasets.files import atomic_path, write_text_atomic
+from stemloop.config import LibraryConfig
+from stemloop.datasets import augment
+from stemloop.datasets.audio import check_output_dir, loudness, write_audio
+from stemloop.errors import UserError
+from stemloop.files import atomic_path, write_text_atomic
+from stemloop.names import MANIFEST
 
-MANIFEST = "manifest.parquet"
 # What a library holds, bumped when a rebuild would add material: 1 synthetic and acted
 # voices; 2 also natural recorded voices (Asterisk prompts; the matched reference's voices).
 RECIPE = 2
@@ -120,8 +120,8 @@ def _size(dims: list[float]) -> str:
 
 
 def _run_job(job: Job, out: str, cfg: LibraryConfig) -> tuple[list[dict[str, Any]], float]:
-    from datasets.music import render_piece
-    from datasets.speech import import_recorded, render_speech
+    from stemloop.datasets.music import render_piece
+    from stemloop.datasets.speech import import_recorded, render_speech
 
     start = time.perf_counter()
     out_dir = Path(out)
@@ -151,7 +151,7 @@ def _job(kind: str, seed: int, index: int, estimate: float, args: tuple = ()) ->
 
 def _speech_jobs(seed: int, cfg: LibraryConfig) -> Iterator[Job]:
     """TTS clips, with recorded voices (if installed) as every third job until used up."""
-    from datasets.speech import NATURAL_CLIP_S, recorded_clips
+    from stemloop.datasets.speech import NATURAL_CLIP_S, recorded_clips
 
     recorded = recorded_clips(seed) if cfg.recorded_speech else []
     index = 0
@@ -167,7 +167,7 @@ def _speech_jobs(seed: int, cfg: LibraryConfig) -> Iterator[Job]:
 
 def _streams(hours: float, seed: int, cfg: LibraryConfig) -> dict[str, tuple[float, Iterator]]:
     """Per class: its budget (seconds of audio, or files) and its stream of jobs."""
-    from datasets.music import score_paths
+    from stemloop.datasets.music import score_paths
 
     scores = score_paths(cfg.composers)
     if not scores:

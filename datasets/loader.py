@@ -11,7 +11,6 @@ the drawn RT60, or an exponential-decay IR when none is near.
 
 from __future__ import annotations
 
-import functools
 import glob
 import hashlib
 import json
@@ -21,24 +20,13 @@ from typing import Any
 
 import soundfile as sf
 import torch
-import torchaudio
 
-from adapt.errors import UserError
-from datasets import augment
-from datasets.audio import probe, read_range, write_audio
-from datasets.library import Library
-from datasets.mixbus import Example, Feed, Schema, render
-from datasets.mixbus_yaml import load_schema
-
-
-@functools.lru_cache(maxsize=32)
-def _resampler(orig: int, new: int) -> torchaudio.transforms.Resample:
-    """A cached resampler (its sinc kernel is built once per rate pair and process)."""
-    return torchaudio.transforms.Resample(orig, new, lowpass_filter_width=16, rolloff=0.95)
-
-
-def resample(audio: torch.Tensor, orig: int, new: int) -> torch.Tensor:
-    return audio if orig == new else _resampler(orig, new)(audio)
+from stemloop.datasets import augment
+from stemloop.datasets.audio import probe, read_range, resample, write_audio
+from stemloop.datasets.library import Library
+from stemloop.datasets.mixbus import Example, Feed, Schema, render
+from stemloop.datasets.mixbus_yaml import load_schema
+from stemloop.errors import UserError
 
 
 def _randint(high: int, gen: torch.Generator) -> int:
@@ -120,9 +108,11 @@ class LibraryProvider:
         pos = where if where is not None else float(torch.rand(1, generator=gen))
         if info.frames >= need:
             start = int(pos * (info.frames - need))
-            audio = resample(read_range(info, start, start + need), info.sample_rate, rate)
+            audio = resample(read_range(info, start, start + need), info.sample_rate, rate,
+                             fast=True)
             return audio[:1, :length]
-        audio = resample(read_range(info, 0, info.frames), info.sample_rate, rate)[:1, :length]
+        whole = read_range(info, 0, info.frames)
+        audio = resample(whole, info.sample_rate, rate, fast=True)[:1, :length]
         out = torch.zeros(1, length)
         offset = int(pos * (length - audio.shape[-1]))
         out[:, offset: offset + audio.shape[-1]] = audio
@@ -135,7 +125,7 @@ class LibraryProvider:
             if not near.empty:
                 row = near.iloc[_randint(len(near), gen)]
                 ir, ir_rate = sf.read(str(self.library.path(row)), dtype="float32")
-                return resample(torch.from_numpy(ir), ir_rate, rate), str(row["id"])
+                return resample(torch.from_numpy(ir), ir_rate, rate, fast=True), str(row["id"])
         return synthetic_ir(rt60, gen, rate), f"synthetic rt60={rt60:.2f}"
 
 

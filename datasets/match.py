@@ -23,10 +23,10 @@ import yaml
 from scipy.ndimage import median_filter
 from scipy.signal import welch
 
-from adapt.errors import ConfigError
-from datasets.audio import loudness, read_audio
-from datasets.files import write_text_atomic
-from datasets.mixbus_yaml import schema_from_dict
+from stemloop.datasets.audio import loudness, read_audio, resample
+from stemloop.datasets.mixbus_yaml import schema_from_dict
+from stemloop.errors import ConfigError
+from stemloop.files import write_text_atomic
 
 SPLIT_HZ = 1000.0  # high-pass edges are looked for below this, low-pass edges above
 # Long-term spectra of speech and music fall by roughly 0–9 dB an octave against white
@@ -217,8 +217,7 @@ def reference_spectrum(library: Path | None, rate: int, nperseg: int) -> np.ndar
     """
     if library is None:
         return None
-    from datasets.library import Library
-    from datasets.loader import resample
+    from stemloop.datasets.library import Library
 
     lib = Library(library)
     rows = lib.manifest[lib.manifest["class"].isin(["speech", "music"])]
@@ -231,7 +230,7 @@ def reference_spectrum(library: Path | None, rate: int, nperseg: int) -> np.ndar
     spectra = []
     for _, row in rows.iterrows():
         audio, file_rate = read_audio(lib.path(row))
-        mono = resample(audio.mean(0), file_rate, rate).numpy()[: 30 * rate]
+        mono = resample(audio.mean(0), file_rate, rate, fast=True).numpy()[: 30 * rate]
         freqs, db = spectrum_db(mono, rate, nperseg)
         spectra.append(10 ** (db / 10))
     reference = 10 * np.log10(np.mean(spectra, axis=0) + 1e-20)
@@ -242,7 +241,7 @@ def reference_spectrum(library: Path | None, rate: int, nperseg: int) -> np.ndar
 def analyse(recording: str | Path, library: Path | None = None,
             stems: dict[str, str] | None = None, max_seconds: float = 600.0) -> Match:
     """Measure a recording (its first ``max_seconds``) for matching."""
-    from datasets.audio import probe, read_range
+    from stemloop.datasets.audio import probe, read_range
 
     info = probe(recording)
     audio = read_range(info, 0, min(info.frames, int(max_seconds * info.sample_rate)))
@@ -288,10 +287,10 @@ def apply_match(schema: dict[str, Any], m: Match) -> dict[str, Any]:
             if e.get("type") not in ("highpass", "lowpass", "bandpass", "eq")]
     fitted: list[dict[str, Any]] = []
     if m.lowcut_hz:
-        fitted.append({"type": "highpass", "cutoff_hz": _around(m.lowcut_hz, 0.05),
+        fitted.append({"type": "highpass", "cutoff_hz": _within(m.lowcut_hz, 0.05),
                        "order": [3, 6]})
     if m.highcut_hz:
-        fitted.append({"type": "lowpass", "cutoff_hz": _around(m.highcut_hz, 0.05),
+        fitted.append({"type": "lowpass", "cutoff_hz": _within(m.highcut_hz, 0.05),
                        "order": [4, 8]})
     if m.eq_bands_hz:
         fitted.append({"type": "eq", "bands_hz": m.eq_bands_hz,
@@ -302,7 +301,7 @@ def apply_match(schema: dict[str, Any], m: Match) -> dict[str, Any]:
     for node in nodes.values():
         for effect in node.get("effects") or []:
             if effect.get("type") == "room" and _finite(m.rt60_s):
-                effect["rt60"] = _around(m.rt60_s, 0.15)
+                effect["rt60"] = _within(m.rt60_s, 0.15)
     if "noise/hiss" in nodes and _finite(m.noise_lufs):
         level = m.noise_lufs
         nodes["noise/hiss"].pop("rel_db", None)
@@ -311,7 +310,7 @@ def apply_match(schema: dict[str, Any], m: Match) -> dict[str, Any]:
         hum = nodes["noise/hum"]
         hum["probability"] = 1.0 if m.hum_hz else 0.0
         if m.hum_hz and _finite(m.hum_dbfs):
-            hum.setdefault("feed", {}).setdefault("params", {})["f0_hz"] = _around(m.hum_hz, 0.004)
+            hum.setdefault("feed", {}).setdefault("params", {})["f0_hz"] = _within(m.hum_hz, 0.004)
             hum.pop("rel_db", None)
             hum["lufs"] = [round(m.hum_dbfs - 4, 1), round(min(m.hum_dbfs + 2, 0), 1)]
     targets = out.get("targets") or {}
@@ -323,7 +322,7 @@ def apply_match(schema: dict[str, Any], m: Match) -> dict[str, Any]:
     return out
 
 
-def _around(value: float, fraction: float) -> list[float]:
+def _within(value: float, fraction: float) -> list[float]:
     return [round(value * (1 - fraction), 3), round(value * (1 + fraction), 3)]
 
 

@@ -27,8 +27,8 @@ from typing import Any, Protocol
 
 import torch
 
-from datasets import augment
-from datasets.audio import loudness
+from stemloop.datasets import augment
+from stemloop.datasets.audio import loudness
 
 Range = tuple[float, float]
 Value = tuple[Range, ...]  # one range, or several to choose from (or a list, see LIST_PARAMS)

@@ -11,10 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from adapt.errors import ConfigError, yaml_error
-from datasets.mixbus import EFFECTS, LIST_PARAMS, Effect, Feed, Node, Schema, Target, Value
+from stemloop.datasets.mixbus import EFFECTS, LIST_PARAMS, Effect, Feed, Node, Schema, Target, Value
+from stemloop.errors import ConfigError, read_yaml
 
 SYNTHS = {"hiss": {"slope_db_oct"}, "hum": {"f0_hz", "harmonics", "tilt_db"},
           "crackle": {"density"}, "tape": set(), "roomtone": set()}
@@ -178,10 +176,5 @@ def _paths(nodes: tuple[Node, ...], prefix: str = "") -> set[str]:
 def load_schema(path: str | Path) -> Schema:
     """Read and validate a mix-bus YAML file."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read mix-bus schema ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise yaml_error(path, "mix-bus schema", exc) from None
+    data = read_yaml(path, "mix-bus schema")
     return schema_from_dict(data, str(path), path.parent)

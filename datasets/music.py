@@ -21,7 +21,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from datasets.audio import loudness, write_audio
+from stemloop.datasets.audio import loudness, write_audio
 
 # name: (GM program, family, lowest MIDI note, highest MIDI note)
 INSTRUMENTS = {

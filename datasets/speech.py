@@ -25,8 +25,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from datasets.audio import loudness, write_audio
-from datasets.sentences import sentences
+from stemloop.datasets.audio import loudness, write_audio
+from stemloop.datasets.sentences import sentences
 
 FESTIVAL_VOICES = {"cmu_us_slt_arctic_hts": "female", "kal_diphone": "male",
                    "ked_diphone": "male"}
@@ -42,7 +42,7 @@ FILLETS_DIR = Path("/usr/share/games/fillets-ng/sound")
 ASTERISK_DIR = Path("/usr/share/asterisk/sounds")
 # voice folder -> (Debian package, language, gender); the Menardi set is Paola Dal Zot's
 # voice. Allison Smith (en_US, es_MX) and Armelle Desjardins (fr) are held out for the
-# demo set (datasets/heldout.py).
+# demo set (datasets/evalsources.py).
 NATURAL_VOICES = {"fr_CA_f_June": ("asterisk-core-sounds-fr-wav", "fr", "female"),
                   "it_IT_f_Menardi": ("asterisk-prompt-it-menardi-wav", "it", "female"),
                   "it_IT_m_Carlo": ("asterisk-core-sounds-it-wav", "it", "male"),

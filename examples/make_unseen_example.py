@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets.archival_mix import MixSpec, build_mixture, write_mixture
+from stemloop.datasets.archival_mix import MixSpec, build_mixture, write_mixture
 
 HERE = Path(__file__).resolve().parent
 SPEC = MixSpec("unseen-dialogue", 1957, ("allison", "italian"), "schubert", "Lindenbaum.xml",

@@ -10,7 +10,7 @@ dataset/, scores.json, spectrograms/}``, ``final/``, ``report.json``, figures. E
 stage is a task cached on content, and fine-tuning checkpoints inside, so rerunning
 the same command resumes where a crash stopped. MLflow: one parent run per run and
 one nested run per iteration, ids passed explicitly. Call
-``flows.state.use_state_dir`` before importing this module.
+``tasks.state.use_state_dir`` before importing this module.
 """
 
 from __future__ import annotations
@@ -19,40 +19,45 @@ import hashlib
 import re
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 
-from adapt.checkpoint import load_checkpoint
-from adapt.config import Config, load_config
-from adapt.errors import UserError
-from adapt.plots import curves_png, iterations_png, spectrogram_png
-from adapt.score import best_iteration, should_stop
-from adapt.separate import GENERAL_MODEL, input_stats, shipped_model
-from datasets.audio import probe, read_audio, write_audio
-from datasets.files import atomic_path, write_json
-from flows.state import check_run_name, resolve_model, run_lock, state_dir
-from flows.tracking import Tracker
-from tasks.caching import file_digest
-from tasks.dataset import build_dataset
-from tasks.finetune import finetune
-from tasks.library import ensure_library
-from tasks.match import match_schema
-from tasks.score import score_iteration
-from tasks.separate import separate_file
+from stemloop.adapt.checkpoint import load_checkpoint
+from stemloop.adapt.plots import curves_png, iterations_png, spectrogram_png
+from stemloop.adapt.quality import best_iteration, should_stop
+from stemloop.adapt.separate import GENERAL_MODEL, input_stats, shipped_model
+from stemloop.config import Config, load_config
+from stemloop.datasets.audio import probe, read_audio, write_audio
+from stemloop.errors import UserError
+from stemloop.files import atomic_path, write_json
+from stemloop.names import HOLDOUT, MATCHED_SI_SDR, PSEUDO_SI_SDR, QUALITY, truth_si_sdr
+from stemloop.tasks.caching import file_digest
+from stemloop.tasks.dataset import build_dataset
+from stemloop.tasks.finetune import finetune
+from stemloop.tasks.library import ensure_library
+from stemloop.tasks.match import match_schema
+from stemloop.tasks.score import score_iteration
+from stemloop.tasks.separate import separate_file
+from stemloop.tasks.state import check_run_name, resolve_model, run_lock, state_dir
+from stemloop.tasks.tracking import Tracker, config_params
 
 
 class Stopwatch:
-    """Wall time per stage, for the report (and the Prefect + MLflow overhead figure)."""
+    """Wall time per stage, for the report (and the Prefect + MLflow overhead figure):
+    ``with timed("score"): ...``."""
 
     def __init__(self) -> None:
         self.stages: dict[str, float] = {}
 
-    def __call__(self, stage: str, fn, *args):
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
         begin = time.monotonic()
         try:
-            return fn(*args)
+            yield
         finally:
             self.stages[stage] = self.stages.get(stage, 0.0) + time.monotonic() - begin
 
@@ -80,25 +85,23 @@ def _adapt(recording: str, config: Config, rate: int, digest: str, models: tuple
                              config.mixbus.library_hours, config.mixbus.seed,
                              config.mixbus.library)
     tracker = Tracker(config, state)
-    parent = tracker.start(f"{run_dir.parent.name}/{run_dir.name}", _params(config, recording),
-                           {"stemloop.recording_sha256": digest, "stemloop.flow": "adapt"},
-                           resume=str(run_dir))
-    try:
+    params = config_params(config, ("loop", "cull", "train", "upscale", "score"),
+                           recording=recording)
+    with tracker.run(f"{run_dir.parent.name}/{run_dir.name}", params,
+                     {"stemloop.recording_sha256": digest, "stemloop.flow": "adapt"},
+                     resume=str(run_dir)) as parent:
         matched = match_schema(recording, digest, config.mixbus.schema_path, library,
                                str(run_dir / "matched.yaml"))
         timed = Stopwatch()
         history, stems, stopped = _iterate(recording, rate, models, reference,
                                            config, run_dir, library, matched, tracker, parent,
                                            timed)
-        report = timed("deliver", deliver, run_dir, history, stems, stopped, recording, digest,
-                       parent, started, config)
+        with timed("deliver"):
+            report = deliver(run_dir, history, stems, stopped, recording, digest, parent,
+                             started, config)
         report["stages_s"] = {k: round(v, 1) for k, v in timed.stages.items()}
         write_json(run_dir / "report.json", report)
         _log_delivery(tracker, parent, run_dir, report["best_iteration"])
-    except BaseException:
-        tracker.end(parent, "FAILED")
-        raise
-    tracker.end(parent)
     return report
 
 
@@ -114,37 +117,39 @@ def _iterate(recording: str, rate: int, models: tuple[str, str], reference: str 
     stems: list[dict[str, str]] = []
     for k in range(config.loop.max_iterations + 1):
         folder = run_dir / f"iter-{k:03d}"
-        child = tracker.start(f"iteration-{k}", {"model": model_rec}, parent=parent,
-                              resume=f"iteration-{k}")
-        log.info("iteration %d: separating with %s", k, Path(model_rec).name)
-        record = timed("separate", separate_file, recording, str(folder / "stems"), model_rec,
-                       None, None, config)
-        data = timed("dataset", build_dataset, record.stems, k, config, str(folder / "dataset"),
-                     matched, str(run_dir / "holdout.json"), library)
-        metrics = timed("score", score_iteration, record.stems, recording, model_rec,
-                        data["holdout"], reference, config, library)
-        metrics.update({f"cull/coverage_{n}": v for n, v in data["coverage"].items()})
-        metrics.update({f"cull/seconds_{n}": v for n, v in data["seconds"].items()})
-        write_json(folder / "scores.json", metrics)
-        timed("tracking", _log_iteration, tracker, child, parent, metrics, k, record.stems,
-              folder, config)
-        history.append(metrics)
-        stems.append(record.stems)
-        log.info("iteration %d: quality %.2f, matched-reference SI-SDR %.2f dB, "
-                 "pseudo-reference %.2f dB", k, metrics["quality/estimate"],
-                 metrics["matched_reference/si_sdr"], metrics["pseudo_reference/si_sdr"])
-        if should_stop([h["quality/estimate"] for h in history], config.loop.min_delta,
-                       config.loop.patience, config.loop.max_iterations):
-            tracker.end(child)
-            return history, stems, ("max_iterations" if k >= config.loop.max_iterations
-                                    else "no_improvement")
-        log.info("iteration %d: fine-tuning on %.1f s of culled target", k,
-                 data["seconds"]["target"])
-        tuned = timed("finetune", finetune, model_work, data["schema"], library,
-                      data["holdout"], str(run_dir / f"iter-{k + 1:03d}" / "model"), rate,
-                      config, child)
-        model_work, model_rec = tuned["working"], tuned["recording"]
-        tracker.end(child)
+        with tracker.run(f"iteration-{k}", {"model": model_rec}, parent=parent,
+                         resume=f"iteration-{k}") as child:
+            log.info("iteration %d: separating with %s", k, Path(model_rec).name)
+            with timed("separate"):
+                record = separate_file(recording, str(folder / "stems"), model_rec, None, None,
+                                       config)
+            with timed("dataset"):
+                data = build_dataset(record.stems, k, config, str(folder / "dataset"), matched,
+                                     str(run_dir / HOLDOUT), library)
+            with timed("score"):
+                metrics = score_iteration(record.stems, recording, model_rec, data.holdout,
+                                          reference, config, library)
+            metrics.update({f"cull/coverage_{n}": v for n, v in data.coverage.items()})
+            metrics.update({f"cull/seconds_{n}": v for n, v in data.seconds.items()})
+            write_json(folder / "scores.json", metrics)
+            with timed("tracking"):
+                _log_iteration(tracker, child, parent, metrics, k, record.stems, folder, config)
+            history.append(metrics)
+            stems.append(record.stems)
+            log.info("iteration %d: quality %.2f, matched-reference SI-SDR %.2f dB, "
+                     "pseudo-reference %.2f dB", k, metrics[QUALITY],
+                     metrics[MATCHED_SI_SDR], metrics[PSEUDO_SI_SDR])
+            if should_stop([h[QUALITY] for h in history], config.loop.min_delta,
+                           config.loop.patience, config.loop.max_iterations):
+                return history, stems, ("max_iterations" if k >= config.loop.max_iterations
+                                        else "no_improvement")
+            log.info("iteration %d: fine-tuning on %.1f s of culled target", k,
+                     data.seconds["target"])
+            with timed("finetune"):
+                tuned = finetune(model_work, data.schema_path, library, data.holdout,
+                                 str(run_dir / f"iter-{k + 1:03d}" / "model"), rate, config,
+                                 child)
+            model_work, model_rec = tuned.working, tuned.recording
     return history, stems, "max_iterations"
 
 
@@ -210,7 +215,7 @@ def deliver(run_dir: Path, history: list[dict[str, float]], stems: list[dict[str
             stopped: str, recording: str, digest: str, parent: str | None, started: float,
             config: Config) -> dict[str, Any]:
     """Copy the best iteration's stems to ``final/``; write report.json and the figures."""
-    best = best_iteration([h["quality/estimate"] for h in history])
+    best = best_iteration([h[QUALITY] for h in history])
     final = run_dir / "final"
     final.mkdir(parents=True, exist_ok=True)
     delivered = {}
@@ -223,8 +228,8 @@ def deliver(run_dir: Path, history: list[dict[str, float]], stems: list[dict[str
     rate = probe(recording).sample_rate
     iterations_png(loaded, rate, [f"iteration {k}" for k in range(len(stems))],
                    run_dir / "iterations.png")
-    keys = ["quality/estimate", "matched_reference/si_sdr", "pseudo_reference/si_sdr",
-            f"reference/si_sdr_{config.loop.target}"]
+    keys = [QUALITY, MATCHED_SI_SDR, PSEUDO_SI_SDR,
+            truth_si_sdr(config.loop.target)]
     curves_png(history, keys, best, run_dir / "curves.png",
                f"stopped: {stopped}; delivered iteration {best}")
     report = {"recording": str(Path(recording).resolve()), "recording_sha256": digest,
@@ -233,11 +238,3 @@ def deliver(run_dir: Path, history: list[dict[str, float]], stems: list[dict[str
               "wall_s": round(time.monotonic() - started, 1)}
     write_json(run_dir / "report.json", report)
     return report
-
-
-def _params(config: Config, recording: str) -> dict[str, Any]:
-    flat: dict[str, Any] = {"recording": recording}
-    for section in ("loop", "cull", "train", "upscale", "score"):
-        for key, value in getattr(config, section).model_dump(mode="json").items():
-            flat[f"{section}.{key}"] = value
-    return flat

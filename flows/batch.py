@@ -7,7 +7,7 @@ reason and never stops the others. The summary table (one row per recording) is
 written to ``<state>/batches/<batch>/summary.{csv,json}`` and returned.
 
 Folders and manifests are read by ``flows.manifest``. Call
-``flows.state.use_state_dir`` before importing this module.
+``tasks.state.use_state_dir`` before importing this module.
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ from typing import Any
 import pandas as pd
 from prefect import flow, get_run_logger, runtime
 
-from adapt.config import load_config
-from adapt.errors import UserError
-from datasets.files import write_json, write_text_atomic
-from flows.adapt import adapt_recording
-from flows.manifest import Job, read_jobs
-from flows.state import state_dir
-from tasks.library import ensure_library
+from stemloop.config import load_config
+from stemloop.errors import UserError
+from stemloop.files import write_json, write_text_atomic
+from stemloop.flows.adapt import adapt_recording
+from stemloop.flows.manifest import Job, read_jobs
+from stemloop.names import QUALITY, truth_si_sdr
+from stemloop.tasks.library import ensure_library
+from stemloop.tasks.state import state_dir
 
 SUMMARY_COLUMNS = ["recording", "status", "best_iteration", "quality", "si_sdr",
                    "iterations", "wall_s", "run_dir", "mlflow_run_id", "reason"]
@@ -82,8 +83,8 @@ def _adapt_one(job: Job, config_path: str | None, overrides: list[str],
     best = report["best_iteration"]
     metrics = report["iterations"][best]
     return {**row, "status": "completed", "best_iteration": best,
-            "quality": metrics.get("quality/estimate"),
-            "si_sdr": metrics.get(f"reference/si_sdr_{target}"),
+            "quality": metrics.get(QUALITY),
+            "si_sdr": metrics.get(truth_si_sdr(target)),
             "iterations": len(report["iterations"]), "wall_s": report["wall_s"],
             "run_dir": report["run_dir"], "mlflow_run_id": report["mlflow_run_id"],
             "reason": ""}

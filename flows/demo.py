@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from flows.cli import err
-from flows.cli import main as cli
+from stemloop.flows.cli.main import err
+from stemloop.flows.cli.main import main as cli
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CHOICES = (("unseen-dialogue.flac", "unseen-truth"), ("archive-dialogue.flac", "truth"))

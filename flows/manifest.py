@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from adapt.errors import UserError
+from stemloop.errors import UserError
 
 # what `adapt` reads through libsndfile (MP3 and Opus included), so a folder of them is a batch
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc"}

@@ -21,13 +21,14 @@ from typing import Any
 import pandas as pd
 import soundfile as sf
 
-from adapt.errors import UserError
-from adapt.plots import curves_png
-from adapt.score import best_iteration
+from stemloop.adapt.plots import curves_png
+from stemloop.adapt.quality import best_iteration
+from stemloop.errors import UserError
+from stemloop.names import PSEUDO_SI_SDR, QUALITY, TRUTH_PREFIX, truth_si_sdr
 
 RUN_COLUMNS = ["recording", "run", "status", "best_iteration", "quality", "si_sdr",
                "iterations", "started", "run_id"]
-CURVE_KEYS = ["quality/estimate", "pseudo_reference/si_sdr"]
+CURVE_KEYS = [QUALITY, PSEUDO_SI_SDR]
 
 
 def runs_table(client, experiment: str, limit: int = 200) -> pd.DataFrame:
@@ -44,7 +45,7 @@ def runs_table(client, experiment: str, limit: int = 200) -> pd.DataFrame:
 
 def _run_row(client, run) -> dict[str, Any]:
     quality = {m.step: m.value for m in client.get_metric_history(run.info.run_id,
-                                                                  "quality/estimate")}
+                                                                  QUALITY)}
     row = {"recording": Path(run.data.params.get("recording", "?")).name,
            "run": run.info.run_name, "status": run.info.status,
            "iterations": len(quality), "run_id": run.info.run_id,
@@ -54,7 +55,7 @@ def _run_row(client, run) -> dict[str, Any]:
         best = steps[best_iteration([quality[s] for s in steps])]
         target = run.data.params.get("loop.target", "dialogue")
         truth = {m.step: m.value for m in client.get_metric_history(
-            run.info.run_id, f"reference/si_sdr_{target}")}
+            run.info.run_id, truth_si_sdr(target))}
         row.update(best_iteration=best, quality=round(quality[best], 2),
                    si_sdr=round(truth[best], 2) if best in truth else None)
     return row
@@ -76,7 +77,7 @@ def report_html(run_dir: Path, seconds: float = 30.0) -> str:
     """The run at ``run_dir`` as one self-contained HTML page."""
     report = load_report(run_dir)
     history, best = report["iterations"], report["best_iteration"]
-    truth = sorted(k for k in history[best] if k.startswith("reference/si_sdr_"))
+    truth = sorted(k for k in history[best] if k.startswith(TRUTH_PREFIX))
     with tempfile.TemporaryDirectory() as tmp:
         curves = curves_png(history, CURVE_KEYS + truth, best,
                             Path(tmp) / "curves.png",

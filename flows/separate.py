@@ -1,6 +1,6 @@
 """Prefect flow ``separate``: one recording through a model or a recipe into stems.
 
-Call ``flows.state.use_state_dir`` before importing this module (Prefect reads
+Call ``tasks.state.use_state_dir`` before importing this module (Prefect reads
 its settings at import); the CLI does.
 """
 
@@ -10,11 +10,11 @@ from pathlib import Path
 
 from prefect import flow
 
-from adapt.config import load_config
-from adapt.separate import read_record
-from datasets.files import file_digest
-from flows.state import resolve_model
-from tasks.separate import separate_file
+from stemloop.adapt.separate import read_record
+from stemloop.config import load_config
+from stemloop.files import file_digest
+from stemloop.tasks.separate import separate_file
+from stemloop.tasks.state import resolve_model
 
 
 @flow(name="separate", log_prints=False, persist_result=False)

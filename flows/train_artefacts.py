@@ -3,25 +3,27 @@
 library → mix-bus mixtures → the general model's estimates of one stem → artefact pools
 (truth, estimate − truth) → train a small clean/artefacts separator → copy its best
 checkpoint to ``out`` and register it in MLflow as ``artefact-model``. Cached on content
-and checkpointed inside, so a rerun resumes. Call ``flows.state.use_state_dir`` before
+and checkpointed inside, so a rerun resumes. Call ``tasks.state.use_state_dir`` before
 importing this module.
 """
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
-from adapt.config import CONFIG_DIR, Config, load_config
-from flows.state import state_dir
-from flows.tracking import Tracker
-from tasks.caching import file_digest
-from tasks.library import ensure_library
-from tasks.train_artefacts import train_artefact_model
+from stemloop.config import load_config
+from stemloop.names import MANIFEST
+from stemloop.tasks.caching import file_digest
+from stemloop.tasks.library import ensure_library
+from stemloop.tasks.state import config_id, state_dir
+from stemloop.tasks.tracking import Tracker, config_params
+from stemloop.tasks.train_artefacts import train_artefact_model
+
+SECTIONS = ("model", "train", "mixbus")  # what decides an artefact model
 
 MODEL_NAME = "artefact-model"
 
@@ -36,17 +38,16 @@ def train_artefacts(out: str, general: str, target: str, config_path: str | None
     library = ensure_library(library or config.mixbus.library_dir, str(state / "library"),
                              hours, config.mixbus.seed, config.mixbus.library)
     general_sha = file_digest(general)
-    folder = state / "train-artefacts" / f"{_config_id(config)}-{general_sha[:8]}-{target}"
+    folder = state / "train-artefacts" / f"{config_id(config, SECTIONS)}-{general_sha[:8]}-{target}"
     tracker = Tracker(config, state)
-    params = {**_params(config), "general": general, "general_sha256": general_sha,
-              "target": target}
-    run_id = tracker.start(MODEL_NAME, params, {"stemloop.flow": "train-artefacts"})
-    try:
+    params = config_params(config, SECTIONS, general=general, general_sha256=general_sha,
+                           target=target)
+    with tracker.run(MODEL_NAME, params, {"stemloop.flow": "train-artefacts"}) as run_id:
         result = train_artefact_model(config, library, general, target, str(folder), run_id)
         Path(out).mkdir(parents=True, exist_ok=True)
         shipped = Path(out) / f"model-{result['rate']}.pt"
         shutil.copyfile(result["checkpoint"], shipped)
-        manifest = file_digest(Path(library) / "manifest.parquet")
+        manifest = file_digest(Path(library) / MANIFEST)
         tracker.params(run_id, {"data/manifest_sha256": manifest})
         tracker.metrics(run_id, {"val/best_si_sdr": result["val_si_sdr"],
                                  "val/best_si_sdri": result["val_si_sdri"] or 0.0}, 0)
@@ -54,22 +55,5 @@ def train_artefacts(out: str, general: str, target: str, config_path: str | None
         version = tracker.register(run_id, "model", MODEL_NAME, alias,
                                    f"artefacts of {Path(general).name} ({target}); "
                                    f"manifest {manifest[:12]}")
-    except BaseException:
-        tracker.end(run_id, "FAILED")
-        raise
-    tracker.end(run_id)
     return {"out": str(shipped), **result, "library": library, "run_id": run_id,
             "registered_version": version, "manifest_sha256": manifest}
-
-
-def _config_id(config: Config) -> str:
-    """What decides the result: not thread or worker counts, so those can change on resume."""
-    train = config.train.model_copy(update={"threads": 0, "workers": 1})
-    schema = (CONFIG_DIR / config.mixbus.schema_path).read_bytes()
-    return hashlib.sha256(repr((config.model, train, config.mixbus)).encode()
-                          + schema).hexdigest()[:12]
-
-
-def _params(config: Config) -> dict[str, Any]:
-    return {f"{section}.{key}": value for section in ("model", "train", "mixbus")
-            for key, value in getattr(config, section).model_dump(mode="json").items()}

@@ -7,30 +7,23 @@ from typing import Any
 
 import yaml
 from prefect import get_run_logger
-from prefect.context import TaskRunContext
 
-import datasets.adaptset
-import datasets.cull
-from adapt.config import Config
-from datasets.adaptset import build_iteration, reference_speech
-from tasks.caching import content_digest
-from tasks.results import cached_task
+from stemloop import datasets
+from stemloop.config import Config
+from stemloop.datasets.adaptset import build_iteration, reference_speech
+from stemloop.tasks.caching import content_key
+from stemloop.tasks.results import cached_task
 
 
-def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+def _inputs(parameters: dict[str, Any]):
     config: Config = parameters["config"]
-    if not config.orchestration.cache:
-        return None
-    files = [*parameters["stems"].values(), parameters["matched"]]
-    if parameters.get("library"):
-        files.append(Path(parameters["library"]) / "manifest.parquet")
     settings = (parameters["iteration"], config.cull, config.loop, config.train.seed,
                 parameters["folder"])
-    code = (datasets.adaptset, datasets.cull)
-    return f"dataset-{content_digest(files, code, settings)}"
+    return ([*parameters["stems"].values(), parameters["matched"]],
+            (datasets.adaptset, datasets.cull), settings)
 
 
-@cached_task(name="build-dataset", cache_key_fn=_key)
+@cached_task(name="build-dataset", cache_key_fn=content_key(_inputs))
 def build_dataset(stems: dict[str, str], iteration: int, config: Config, folder: str,
                   matched: str, holdout_file: str, library: str | None = None) -> dict[str, Any]:
     base = yaml.safe_load(Path(matched).read_text())

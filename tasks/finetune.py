@@ -19,38 +19,31 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.context import TaskRunContext
 
-import datasets.adaptset
-from adapt.checkpoint import load_checkpoint, save_checkpoint
-from adapt.config import SUPPORTED_RATES, Config
-from adapt.model import Separator
-from adapt.train import Run, train
-from adapt.upscale import upscale
-from datasets.adaptset import holdout_pairs, reference_pairs
-from datasets.batches import TrainingData
-from tasks.caching import content_digest
-from tasks.results import cached_task
-from tasks.train import CODE, progress_logger
+from stemloop import datasets
+from stemloop.adapt.checkpoint import load_checkpoint, save_checkpoint
+from stemloop.adapt.train import Run, train
+from stemloop.adapt.upscale import FineTuned, can_upscale, keeps_upscaled, upscale
+from stemloop.config import Config
+from stemloop.datasets.adaptset import holdout_pairs, reference_pairs
+from stemloop.datasets.batches import TrainingData
+from stemloop.tasks.caching import content_key
+from stemloop.tasks.results import cached_task
+from stemloop.tasks.train import CODE, progress_logger
 
 
-def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+def _inputs(parameters: dict[str, Any]):
     config: Config = parameters["config"]
-    if not config.orchestration.cache:
-        return None
-    files = [parameters["model"], parameters["schema"], parameters["holdout"]]
-    if parameters.get("library"):
-        files.append(Path(parameters["library"]) / "manifest.parquet")
     settings = (config.train, config.upscale, config.loop, parameters["rate"],
                 parameters["folder"])
-    code = (*CODE, datasets.adaptset, context.task.fn)
-    return f"finetune-{content_digest(files, code, settings)}"
+    return ([parameters["model"], parameters["schema"], parameters["holdout"]],
+            (*CODE, datasets.adaptset), settings)
 
 
-@cached_task(name="fine-tune", cache_key_fn=_key)
+@cached_task(name="fine-tune", cache_key_fn=content_key(_inputs))
 def finetune(model: str, schema: str, library: str | None, holdout: str, folder: str,
-             rate: int, config: Config, run_id: str | None) -> dict[str, str]:
-    """Returns ``{"working": checkpoint at the working rate, "recording": one at ``rate``}``."""
+             rate: int, config: Config, run_id: str | None) -> FineTuned:
+    """The fine-tuned model's checkpoints at the working rate and for the recording."""
     work = Path(folder)
     current = load_checkpoint(model).model
     data = TrainingData(schema, library, [config.loop.target], work / "pools",
@@ -67,22 +60,19 @@ def finetune(model: str, schema: str, library: str | None, holdout: str, folder:
     train(current, batches, val, config.train, Run(work / "train"), on_metrics=logger,
           keep_start=True)
     working = save_checkpoint(work / f"model-{current.sample_rate}.pt", current)
-    result = {"working": str(working), "recording": str(working)}
-    # A pretrained model (Spleeter) has one rate: the recording is resampled for it instead.
-    if (config.loop.upscale and isinstance(current, Separator) and rate > current.sample_rate
-            and rate in SUPPORTED_RATES):
+    recording = working
+    if config.loop.upscale and can_upscale(current, rate):
         high, report = upscale(current, rate, data_for, config.upscale, config.train, work,
                                progress_logger(config, run_id, config.upscale.new_layers_steps
                                                + config.upscale.all_steps))
-        upscaled, resampled = report["final_si_sdr"], report["resampled_si_sdr"]
-        keep = upscaled > resampled
+        keep = keeps_upscaled(report)
         if keep:
-            result["recording"] = str(save_checkpoint(work / f"model-{rate}.pt", high))
+            recording = save_checkpoint(work / f"model-{rate}.pt", high)
         get_run_logger().info(
-            f"upscaled to {rate} Hz: {upscaled:.2f} dB on the reference, working-rate model "
-            f"resampled: {resampled:.2f} dB; separating with the "
-            + ("upscaled model" if keep else "working-rate model"))
+            f"upscaled to {rate} Hz: {report['final_si_sdr']:.2f} dB on the reference, "
+            f"working-rate model resampled: {report['resampled_si_sdr']:.2f} dB; separating "
+            "with the " + ("upscaled model" if keep else "working-rate model"))
     shutil.rmtree(work / "pools", ignore_errors=True)
     for resume_only in work.glob("*/last.pt"):
         resume_only.unlink()
-    return result
+    return FineTuned(working=str(working), recording=str(recording))

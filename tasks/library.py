@@ -7,8 +7,8 @@ from pathlib import Path
 
 from prefect import get_run_logger
 
-from adapt.config import LibraryConfig
-from tasks.results import cached_task
+from stemloop.config import LibraryConfig
+from stemloop.tasks.results import cached_task
 
 
 @cached_task(name="labelled-library")
@@ -17,7 +17,13 @@ def ensure_library(given: str | None, own: str, hours: float, seed: int,
     """The library to use: ``given`` (one the user named) as it is, else stemloop's own at
     ``own``, built when missing and rebuilt when an older recipe made it (it lacks material
     added since). A named library from an older recipe is used with a warning."""
-    from datasets.library import MANIFEST, RECIPE, build_library, check_tools, library_recipe
+    from stemloop.datasets.library import (
+        MANIFEST,
+        RECIPE,
+        build_library,
+        check_tools,
+        library_recipe,
+    )
 
     folder = Path(given or own)
     if (folder / MANIFEST).is_file():

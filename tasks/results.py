@@ -39,10 +39,13 @@ from prefect.serializers import Serializer
 from prefect.settings import get_current_settings
 from pydantic import BaseModel
 
-from adapt.separate import SeparationRecord
+from stemloop.adapt.separate import SeparationRecord
+from stemloop.adapt.upscale import FineTuned
+from stemloop.datasets.adaptset import IterationDataset
 
 TYPE = "stemloop-json"
-RECORDS: dict[str, type[BaseModel]] = {"SeparationRecord": SeparationRecord}
+RECORDS: dict[str, type[BaseModel]] = {
+    cls.__name__: cls for cls in (SeparationRecord, IterationDataset, FineTuned)}
 _TAG = "__stemloop_record__"
 _ERROR = "__stemloop_error__"
 

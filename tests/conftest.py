@@ -48,7 +48,7 @@ def prefect_harness():
 @pytest.fixture(scope="session")
 def tiny_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real labelled library, as small as it gets (a few seconds of each class)."""
-    from flows.cli import main
+    from stemloop.flows.cli.main import main
 
     out = tmp_path_factory.mktemp("library")
     code = main(["library", "build", "--out", str(out), "--hours", "0.002", "--seed", "3",

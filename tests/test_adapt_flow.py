@@ -17,11 +17,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from adapt.checkpoint import load_checkpoint, save_checkpoint
-from adapt.config import load_config
-from adapt.model import build_model
-from datasets.audio import resample
+from stemloop.adapt.checkpoint import load_checkpoint, save_checkpoint
+from stemloop.adapt.model import build_model
+from stemloop.config import load_config
+from stemloop.datasets.audio import resample
 from tests.signals import speechlike
+
+STEMLOOP = [sys.executable, "-m", "stemloop.flows.cli"]  # the command, this venv's
 
 RATE = 16000
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,8 +60,8 @@ def test_adapt_flow_delivers_stems_report_figures_and_mlflow_runs(
         prefect_harness, tiny_library, recording, capsys):
     from mlflow import MlflowClient
 
-    from flows.cli import main
-    from flows.state import state_dir, tracking_uri
+    from stemloop.flows.cli.main import main
+    from stemloop.tasks.state import state_dir, tracking_uri
 
     source, truth, model = recording
     before = source.read_bytes()
@@ -111,7 +113,7 @@ def test_sigkill_during_fine_tuning_then_rerun_matches_an_uninterrupted_run(
     source, _, model = recording
     extra = ("train.steps=40", "train.checkpoint_every=2", "train.threads=1",
              "orchestration.state_dir=", "tracking.enabled=false")
-    command = [sys.executable, "-m", "flows.cli", "adapt", str(source), "--config", "smoke",
+    command = [*STEMLOOP, "adapt", str(source), "--config", "smoke",
                *overrides(model, tiny_library, *extra)]
 
     def run(state: Path, **kwargs):
@@ -152,8 +154,8 @@ def test_sigkill_during_fine_tuning_then_rerun_matches_an_uninterrupted_run(
 
 
 def test_run_folder_follows_the_config_and_the_starting_model(tmp_path):
-    from adapt.config import load_config
-    from flows.adapt import run_folder
+    from stemloop.config import load_config
+    from stemloop.flows.adapt import run_folder
 
     config = load_config("smoke", [f"orchestration.state_dir={tmp_path}"])
     a, b = tmp_path / "a.pt", tmp_path / "b.pt"
@@ -167,7 +169,7 @@ def test_run_folder_follows_the_config_and_the_starting_model(tmp_path):
     assert run_folder(config, "reel.flac", "0" * 64, "mine", (str(b),)).name == "mine"
     # how a run is orchestrated or tracked is not what it computes: a batch resumes `adapt`'s
     batch = load_config("smoke", [f"orchestration.state_dir={tmp_path}",
-                                  "orchestration.concurrency=2", "orchestration.task_retries=3",
+                                  "orchestration.concurrency=2", "orchestration.cache=true",
                                   "tracking.enabled=false"])
     assert same == run_folder(batch, "reel.flac", "0" * 64, None, (str(a),))
 
@@ -182,7 +184,7 @@ def test_a_lower_rate_model_is_upscaled_and_kept_only_if_it_beats_resampling(
     extra = ("loop.max_iterations=1", "loop.working_rate=8000", "train.threads=1",
              "tracking.enabled=false")
     env = {**os.environ, "STEMLOOP_HOME": str(tmp_path / "state")}
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "adapt", str(source), "--config",
+    done = subprocess.run([*STEMLOOP, "adapt", str(source), "--config",
                            "smoke", *overrides(low, tiny_library, *extra)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -200,8 +202,8 @@ def test_a_lower_rate_model_is_upscaled_and_kept_only_if_it_beats_resampling(
 
 @pytest.mark.slow
 def test_the_loop_adapts_the_pretrained_spleeter_model(tiny_library, recording, tmp_path):
-    from adapt.pretrained import RATE as SPLEETER_RATE
-    from adapt.pretrained import SpleeterSeparator
+    from stemloop.adapt.pretrained import RATE as SPLEETER_RATE
+    from stemloop.adapt.pretrained import SpleeterSeparator
 
     scene, rate = sf.read(recording[0], dtype="float32")
     source = tmp_path / "scene.wav"  # at 48 kHz: above the model's one rate, so never upscaled
@@ -209,7 +211,7 @@ def test_the_loop_adapts_the_pretrained_spleeter_model(tiny_library, recording, 
              48000, subtype="FLOAT")
     extra = ("loop.max_iterations=1", "train.threads=1", "tracking.enabled=false")
     env = {**os.environ, "STEMLOOP_HOME": str(tmp_path / "state")}
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "adapt", str(source), "--config",
+    done = subprocess.run([*STEMLOOP, "adapt", str(source), "--config",
                            "smoke", *overrides("spleeter", tiny_library, *extra)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr

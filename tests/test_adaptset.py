@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from adapt.config import load_config
-from datasets.adaptset import build_iteration
-from datasets.audio import read_audio
+from stemloop.config import load_config
+from stemloop.datasets.adaptset import build_iteration
+from stemloop.datasets.audio import read_audio
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 8000
@@ -45,7 +45,7 @@ def test_background_is_taken_only_in_the_dialogue_pauses(tmp_path, write_wav):
     record = build(tmp_path, stems(write_wav, leak_db=-6.0))
     table = pd.read_parquet(tmp_path / "iter-000" / "cull.parquet")
     background = table[table["stem"] == "complement"]
-    assert record["seconds"]["complement"] > 1.0
+    assert record.seconds["complement"] > 1.0
     for start, stop in zip(background["start_s"], background["stop_s"], strict=True):
         for talk_start, talk_stop in SPEECH:  # no overlap with speech, to within a window
             assert stop <= talk_start + 0.05 or start >= talk_stop - 0.05, (start, stop)
@@ -63,7 +63,7 @@ def test_background_is_taken_only_in_the_dialogue_pauses(tmp_path, write_wav):
 def test_dialogue_that_never_pauses_gives_no_background_rather_than_leaked_dialogue(
         tmp_path, write_wav):
     record = build(tmp_path, stems(write_wav, leak_db=-6.0, pauses=False))
-    assert record["seconds"]["complement"] == 0.0
+    assert record.seconds["complement"] == 0.0
     schema = yaml.safe_load((tmp_path / "iter-000" / "schema.yaml").read_text())
     noise = next(bus for bus in schema["buses"] if bus["name"] == "noise")
     assert "recording" not in [child["name"] for child in noise["children"]]
@@ -86,7 +86,7 @@ def _speech_queries(node) -> list[dict]:
 
 def test_matched_reference_draws_natural_voices_only_when_the_library_has_them(tmp_path,
                                                                                 write_wav):
-    from datasets.adaptset import reference_speech
+    from stemloop.datasets.adaptset import reference_speech
 
     def library(name: str, voices: list[tuple[str, str]]) -> str:
         folder = tmp_path / name
@@ -122,7 +122,7 @@ def test_balance_puts_library_examples_at_the_recordings_levels_without_stacked_
     level, library music at the background's level and only where the recording's own
     background is absent; the matched reference stacks no library music on it. Without it,
     the schemas keep the base schema's levels."""
-    from datasets.audio import loudness
+    from stemloop.datasets.audio import loudness
 
     files = stems(write_wav, -30.0)
     dialogue_lufs = loudness(*read_audio(files["dialogue"]))
@@ -133,7 +133,7 @@ def test_balance_puts_library_examples_at_the_recordings_levels_without_stacked_
         config = load_config(overrides=[f"loop.match_balance={str(balance).lower()}"])
         record = build_iteration(files, "dialogue", 0, config, tmp_path / folder / "it",
                                  schema, tmp_path / folder / "holdout.json")
-        return (yaml.safe_load(Path(record["schema"]).read_text()),
+        return (yaml.safe_load(Path(record.schema_path).read_text()),
                 yaml.safe_load((tmp_path / folder / "reference.yaml").read_text()))
 
     def node(tree: dict, *path: str) -> dict:
@@ -161,7 +161,7 @@ def test_balance_puts_library_examples_at_the_recordings_levels_without_stacked_
         assert node(tree, "sources", "music")["probability"] == 0.8
 
     # a custom schema without a music bus keeps working: its voice is set, nothing else
-    from datasets.adaptset import match_balance
+    from stemloop.datasets.adaptset import match_balance
 
     bare = {"buses": [{"name": "sources", "children": [
         {"name": "voices", "children": [{"name": "host", "lufs": [-30, -20]}]}]},
@@ -170,7 +170,7 @@ def test_balance_puts_library_examples_at_the_recordings_levels_without_stacked_
     assert bare["buses"][0]["children"][0]["children"][0]["lufs"] == [-24.0, -16.0]
 
     # a recording with no culled background: library music is the only one, at its level
-    from datasets.adaptset import adaptation_schema
+    from stemloop.datasets.adaptset import adaptation_schema
 
     lone = adaptation_schema([], [], schema, "dialogue", 1.0, [], (-20.0, -30.0), 0.7,
                              balance=True)

@@ -9,12 +9,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from adapt.apply import ModelStep, chunk_grid, overlap_add, separate_file, separate_tensor
-from adapt.checkpoint import save_checkpoint
-from adapt.config import load_config
-from adapt.errors import ConfigError
-from adapt.model import build_model
-from adapt.recipe import load_recipe, read_recipe
+from stemloop.adapt.apply import ModelStep, chunk_grid, overlap_add, separate_file, separate_tensor
+from stemloop.adapt.checkpoint import save_checkpoint
+from stemloop.adapt.model import build_model
+from stemloop.adapt.recipe import load_recipe, read_recipe
+from stemloop.config import load_config
+from stemloop.errors import ConfigError
 from tests.conftest import sine
 
 RATE = 16000

@@ -8,17 +8,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapt.apply import ModelStep, separate_tensor
-from adapt.artefacts import artefact_energy_db, identity_start, load_artefact_model, stem_estimator
-from adapt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from adapt.config import CONFIG_DIR, load_config
-from adapt.errors import UserError
-from adapt.metrics import si_sdr
-from adapt.model import build_model
-from adapt.recipe import load_recipe, model_files
-from datasets.artefactset import ArtefactData, render_artefact_pool
-from datasets.audio import resample
-from datasets.batches import render_pool
+from stemloop.adapt.apply import ModelStep, separate_tensor
+from stemloop.adapt.artefacts import (
+    artefact_energy_db,
+    identity_start,
+    load_artefact_model,
+    stem_estimator,
+)
+from stemloop.adapt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from stemloop.adapt.metrics import si_sdr
+from stemloop.adapt.model import build_model
+from stemloop.adapt.recipe import load_recipe, model_files
+from stemloop.config import CONFIG_DIR, load_config
+from stemloop.datasets.artefactset import ArtefactData, render_artefact_pool
+from stemloop.datasets.audio import resample
+from stemloop.datasets.batches import render_pool
+from stemloop.errors import UserError
 
 GENERAL = Path(__file__).resolve().parent.parent / "models/general-dialogue-v2/model-16000.pt"
 SCHEMA = CONFIG_DIR / "mixbus/dialogue.yaml"
@@ -173,8 +178,8 @@ def test_train_artefacts_trains_ships_registers_and_reuses_its_cache(
         prefect_harness, tiny_library, tmp_path, capsys):
     from mlflow import MlflowClient
 
-    from flows.cli import main
-    from flows.state import state_dir, tracking_uri
+    from stemloop.flows.cli.main import main
+    from stemloop.tasks.state import state_dir, tracking_uri
 
     preset = tmp_path / "tiny.yaml"
     preset.write_text(TINY)
@@ -197,7 +202,7 @@ def test_train_artefacts_trains_ships_registers_and_reuses_its_cache(
 
 
 def test_train_artefacts_rejects_bad_requests_in_one_line(tiny_library, tmp_path, capsys):
-    from flows.cli import main
+    from stemloop.flows.cli.main import main
 
     preset = tmp_path / "tiny.yaml"
     preset.write_text(TINY)

@@ -9,8 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from adapt.errors import AudioError
-from datasets.audio import (
+from stemloop.datasets.audio import (
     StreamingLoudness,
     check_output_dir,
     iter_blocks,
@@ -22,6 +21,7 @@ from datasets.audio import (
     resample,
     write_audio,
 )
+from stemloop.errors import AudioError
 from tests.signals import sine
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flows.cli import main
+from stemloop.flows.cli.main import main
 from tests.signals import sine
 
 
@@ -65,7 +65,7 @@ def test_config_show_rejects_a_bad_key_with_exit_2(capsys):
 
 
 def test_installed_console_script_help_version_and_user_error_without_traceback(tmp_path):
-    exe = [sys.executable, "-m", "flows.cli"]
+    exe = [sys.executable, "-m", "stemloop.flows.cli"]
     help_run = subprocess.run([*exe, "--help"], capture_output=True, text=True, check=True)
     assert "info" in help_run.stdout and "config" in help_run.stdout
     version = subprocess.run([*exe, "version"], capture_output=True, text=True, check=True)
@@ -125,8 +125,8 @@ def test_seven_channels_have_a_loudness(capsys, write_wav):
 
 
 def test_silent_and_clipped_input_warn_before_separating(tmp_path, write_wav):
-    from adapt.config import load_config
-    from adapt.separate import input_stats
+    from stemloop.adapt.separate import input_stats
+    from stemloop.config import load_config
 
     config = load_config("smoke")
     silent = write_wav("silent.wav", np.zeros((16000, 1), np.float32))
@@ -139,8 +139,8 @@ def test_silent_and_clipped_input_warn_before_separating(tmp_path, write_wav):
                                   "", "x" * 81, "run name"])
 def test_run_names_are_plain_names(capsys, tmp_path, write_wav, name):
     """A run name never leaves the state folder: CLI, batch rows and deployments share the check."""
-    from adapt.errors import UserError
-    from flows.state import check_run_name
+    from stemloop.errors import UserError
+    from stemloop.tasks.state import check_run_name
 
     source = write_wav("scene.wav", sine(440, 16000, 2.0, 0.5))
     code, _, err = run(capsys, "adapt", str(source), "--run", name)

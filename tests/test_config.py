@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from adapt.config import CONFIG_DIR, Config, dump_config, load_config
-from adapt.errors import ConfigError
+from stemloop.config import CONFIG_DIR, Config, dump_config, load_config
+from stemloop.errors import ConfigError
 
 
 def test_default_config_covers_every_stage():
@@ -94,8 +94,8 @@ def test_dump_round_trips_through_yaml(tmp_path):
 
 def test_python_tags_are_named_as_such_never_loaded(tmp_path):
     """`!!python` YAML was reported as 'not valid YAML'; it is valid and refused on purpose."""
-    from adapt.recipe import read_recipe
-    from datasets.mixbus_yaml import load_schema
+    from stemloop.adapt.recipe import read_recipe
+    from stemloop.datasets.mixbus_yaml import load_schema
 
     evil = tmp_path / "evil.yaml"
     marker = tmp_path / "ran"

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from adapt.config import load_config
-from datasets.cull import active_runs, coverage, cull, moving_rms_db, segments_table, threshold_for
+from stemloop.config import load_config
+from stemloop.datasets.cull import (
+    active_runs,
+    coverage,
+    cull,
+    moving_rms_db,
+    segments_table,
+    threshold_for,
+)
 
 RATE = 8000
 

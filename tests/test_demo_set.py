@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from adapt.config import load_config
-from datasets.archival_mix import STEMS, MixSpec, build_mixture, write_mixture
-from datasets.heldout import ALLISON, CSOUND_SF2
+from stemloop.config import load_config
+from stemloop.datasets.archival_mix import STEMS, MixSpec, build_mixture, write_mixture
+from stemloop.datasets.evalsources import ALLISON, CSOUND_SF2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import demo_set  # noqa: E402

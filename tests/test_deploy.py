@@ -233,7 +233,7 @@ def _deployment_on_postgres(tiny_library: Path, tmp_path: Path, database: str) -
             assert_stems_sum_to_input(report)
         from mlflow import MlflowClient
 
-        from flows.review import runs_table
+        from stemloop.flows.review import runs_table
 
         client = MlflowClient(cluster.mlflow)
         table = runs_table(client, "stemloop")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapt.config import load_config
-from adapt.metrics import si_sdr
-from adapt.model import build_model
-from adapt.upscale import transplant
+from stemloop.adapt.metrics import si_sdr
+from stemloop.adapt.model import build_model
+from stemloop.adapt.upscale import transplant
+from stemloop.config import load_config
 
 
 def model(rate: int, *sets: str):

@@ -6,14 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flows import envcheck
+from stemloop.flows import envcheck
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "flows.envcheck", *args],
+        [sys.executable, "-m", "stemloop.flows.envcheck", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
     )
 

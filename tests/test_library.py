@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from adapt.config import CONFIG_DIR
-from datasets.library import REQUIRED_TOOLS, Library
-from datasets.loader import MixDataset
+from stemloop.config import CONFIG_DIR
+from stemloop.datasets.library import REQUIRED_TOOLS, Library
+from stemloop.datasets.loader import MixDataset
 
 missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
 pytestmark = pytest.mark.skipif(bool(missing), reason=f"Debian tools missing: {missing} "
@@ -42,9 +42,9 @@ def test_an_older_recipe_is_rebuilt_when_ours_and_kept_when_named(tiny_library, 
                                                                    prefect_harness):
     from prefect import flow
 
-    from adapt.config import load_config
-    from datasets.library import RECIPE, library_recipe
-    from tasks.library import ensure_library
+    from stemloop.config import load_config
+    from stemloop.datasets.library import RECIPE, library_recipe
+    from stemloop.tasks.library import ensure_library
 
     old = tmp_path / "old"
     shutil.copytree(tiny_library, old)
@@ -80,7 +80,7 @@ def test_speech_stored_at_library_loudness(tiny_library):
 
 
 def test_query_and_missing_library_error(tiny_library, tmp_path):
-    from adapt.errors import UserError
+    from stemloop.errors import UserError
 
     library = Library(tiny_library)
     assert set(library.query(**{"class": ["noise", "room"]})["class"]) == {"noise", "room"}
@@ -109,7 +109,7 @@ def test_each_speech_engine_speaks(engine, tmp_path):
 
     import soundfile as sf
 
-    from datasets.speech import ENGINES
+    from stemloop.datasets.speech import ENGINES
 
     wav = tmp_path / "out.wav"
     meta = ENGINES[engine]("The bridge over the river was finally open.", wav,
@@ -122,7 +122,7 @@ def test_each_speech_engine_speaks(engine, tmp_path):
 def test_each_soundfont_renders_a_part(tmp_path):
     import random
 
-    from datasets.music import _midi, _render, available_soundfonts
+    from stemloop.datasets.music import _midi, _render, available_soundfonts
 
     notes = [(0.0, 1.0, [60]), (1.0, 1.0, [64, 67]), (2.0, 0.0, [72])]  # last: a grace note
     midi = tmp_path / "part.mid"
@@ -137,7 +137,7 @@ def test_each_soundfont_renders_a_part(tmp_path):
 def test_room_and_noise_jobs_rebuild_bit_identically(tmp_path):
     import soundfile as sf
 
-    from datasets.library import render_noise, render_room
+    from stemloop.datasets.library import render_noise, render_room
 
     rows = []
     for folder in ("a", "b"):
@@ -155,7 +155,7 @@ def test_recorded_voices_are_joined_into_clips_and_interleaved(tmp_path, monkeyp
     them; every source appears early in the order, so a small budget still draws each."""
     import soundfile as sf
 
-    import datasets.speech as speech
+    import stemloop.datasets.speech as speech
 
     rate = 8000
     for voice, count in (("anna", 7), ("boris", 3)):

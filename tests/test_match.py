@@ -7,12 +7,12 @@ import pytest
 import torch
 import yaml
 
-from adapt.config import CONFIG_DIR
-from datasets import augment
-from datasets.audio import write_audio
-from datasets.loader import synthetic_ir
-from datasets.match import analyse, match_recording
-from datasets.mixbus_yaml import load_schema
+from stemloop.config import CONFIG_DIR
+from stemloop.datasets import augment
+from stemloop.datasets.audio import write_audio
+from stemloop.datasets.loader import synthetic_ir
+from stemloop.datasets.match import analyse, match_recording
+from stemloop.datasets.mixbus_yaml import load_schema
 
 CASES = [  # rate, lowcut, highcut, hum, rt60, floor dBFS
     (16000, 300.0, 3000.0, 59.9, 0.6, -62.0),
@@ -82,7 +82,7 @@ def test_match_writes_a_valid_schema_with_fitted_ranges(tmp_path):
 
 
 def test_match_cli_with_a_stem_sets_its_level(tmp_path):
-    from flows.cli import main
+    from stemloop.flows.cli.main import main
 
     recording = degraded(tmp_path, *CASES[1])
     stem = write_audio(tmp_path / "dialogue.wav", 0.05 * augment.coloured_noise(

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from adapt.errors import ConfigError
-from datasets import augment
-from datasets.audio import loudness, write_audio
-from datasets.loader import LibraryProvider, MixDataset
-from datasets.mixbus import render
-from datasets.mixbus_yaml import load_schema, schema_from_dict
+from stemloop.datasets import augment
+from stemloop.datasets.audio import loudness, write_audio
+from stemloop.datasets.loader import LibraryProvider, MixDataset
+from stemloop.datasets.mixbus import render
+from stemloop.datasets.mixbus_yaml import load_schema, schema_from_dict
+from stemloop.errors import ConfigError
 
 RATE = 16000
 
@@ -150,7 +150,7 @@ def test_filters_attenuate_what_they_should():
 
 def test_room_rt60_and_hum_frequency():
     gen = torch.Generator().manual_seed(0)
-    from datasets.loader import synthetic_ir
+    from stemloop.datasets.loader import synthetic_ir
 
     assert abs(augment.rt60_of(synthetic_ir(0.8, gen, RATE), RATE) - 0.8) < 0.08
     hum = augment.hum(RATE * 4, RATE, 60.0, 5, 6.0, gen)
@@ -185,7 +185,7 @@ def test_bad_schema_key_is_one_line_error_naming_it(edit, key):
 
 
 def test_shipped_schemas_are_valid():
-    from adapt.config import CONFIG_DIR, load_config
+    from stemloop.config import CONFIG_DIR, load_config
 
     schema = load_schema(CONFIG_DIR / load_config().mixbus.schema_path)
     assert [t.name for t in schema.targets] == ["dialogue", "music", "noise"]
@@ -216,7 +216,7 @@ def test_dataloader_workers_give_the_same_examples(sources):
 def test_preview_cli_writes_examples(sources, tmp_path):
     import yaml
 
-    from flows.cli import main
+    from stemloop.flows.cli.main import main
 
     schema = sources / "schema.yaml"
     schema.write_text(yaml.safe_dump(schema_dict()))

@@ -10,10 +10,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapt.checkpoint import CheckpointError, load_checkpoint, load_weights_into, save_checkpoint
-from adapt.config import SUPPORTED_RATES, ModelConfig, load_config
-from adapt.errors import UserError
-from adapt.model import RATE_AGNOSTIC, RATE_SPECIFIC, SampleRateError, build_model, frame_stride
+from stemloop.adapt.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_weights_into,
+    save_checkpoint,
+)
+from stemloop.adapt.model import (
+    RATE_AGNOSTIC,
+    RATE_SPECIFIC,
+    SampleRateError,
+    build_model,
+    frame_stride,
+)
+from stemloop.config import SUPPORTED_RATES, ModelConfig, load_config
+from stemloop.errors import UserError
 
 
 def tiny(**changes) -> ModelConfig:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from adapt.checkpoint import save_checkpoint
-from adapt.config import load_config
-from adapt.model import build_model
-from flows.cli import main
-from flows.manifest import read_jobs
+from stemloop.adapt.checkpoint import save_checkpoint
+from stemloop.adapt.model import build_model
+from stemloop.config import load_config
+from stemloop.flows.cli.main import main
+from stemloop.flows.manifest import read_jobs
 from tests.signals import speechlike
+
+STEMLOOP = [sys.executable, "-m", "stemloop.flows.cli"]  # the command, this venv's
 
 RATE = 16000
 
@@ -69,7 +72,7 @@ def assert_stems_sum_to_input(report: dict) -> None:
 def batch(tmp_path_factory, tiny_library, prefect_harness):
     """One real batch: three good recordings at once (one with a reference), a corrupt
     file, and a recording whose run folder cannot be created."""
-    from flows.adapt import run_folder
+    from stemloop.flows.adapt import run_folder
 
     folder = tmp_path_factory.mktemp("batch")
     good = tiny_recordings(folder, 4)
@@ -108,7 +111,7 @@ def batch(tmp_path_factory, tiny_library, prefect_harness):
 def test_batch_three_at_once_own_folders_and_mlflow_runs(batch):
     from mlflow import MlflowClient
 
-    from flows.state import tracking_uri
+    from stemloop.tasks.state import tracking_uri
 
     assert batch["code"] == 2  # some recordings failed
     table = batch["table"].set_index(batch["table"]["recording"].map(lambda p: Path(p).name))
@@ -156,7 +159,7 @@ def test_runs_lists_the_batch_and_report_writes_a_page_logged_to_mlflow(
         batch, monkeypatch, capsys, tmp_path):
     from mlflow import MlflowClient
 
-    from flows.state import tracking_uri
+    from stemloop.tasks.state import tracking_uri
 
     monkeypatch.setenv("STEMLOOP_HOME", str(batch["state"]))
     capsys.readouterr()
@@ -243,8 +246,8 @@ def test_report_of_an_unknown_run_is_one_line_and_exit_2(capsys, run, expected):
 def test_report_of_a_run_id_missing_from_a_store_is_one_line(capsys):
     assert main(["runs"]) == 0
     assert "no adaptation runs" in capsys.readouterr().out
-    from flows.state import state_dir, tracking_uri
-    from flows.tracking import Tracker
+    from stemloop.tasks.state import state_dir, tracking_uri
+    from stemloop.tasks.tracking import Tracker
 
     Tracker(load_config(), state_dir()).experiment_id()  # a store that exists, runs or not
     capsys.readouterr()
@@ -271,7 +274,6 @@ def test_sigterm_stops_a_batch_without_starting_its_queued_recordings(tiny_libra
     waited for them). Now: exit 130 within seconds and the queued recordings never start."""
     import signal
     import subprocess
-    import sys
     import time
 
     from tests.test_state import prefect_servers, wait_until
@@ -283,7 +285,7 @@ def test_sigterm_stops_a_batch_without_starting_its_queued_recordings(tiny_libra
                      "train.early_stop_patience=0")
     state = tmp_path / "state"
     batch = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "adapt-batch", str(folder), "--config", "smoke",
+        [*STEMLOOP, "adapt-batch", str(folder), "--config", "smoke",
          *[a for s in sets for a in ("--set", s)]],
         cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "STEMLOOP_HOME": str(state)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

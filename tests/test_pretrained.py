@@ -7,10 +7,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from adapt.checkpoint import load_checkpoint
-from adapt.pretrained import RATE, SPLEETER, wheel_weights
-from adapt.train import parameter_groups
-from flows.state import resolve_model
+from stemloop.adapt.checkpoint import load_checkpoint
+from stemloop.adapt.pretrained import RATE, SPLEETER, wheel_weights
+from stemloop.adapt.train import parameter_groups
+from stemloop.tasks.state import resolve_model
 from tests.signals import speechlike
 
 
@@ -64,7 +64,7 @@ def test_fine_tuning_changes_weights_but_not_batch_norm_statistics():
 
 
 def test_separate_cli_takes_the_name(write_wav, tmp_path, capsys):
-    from flows.cli import main
+    from stemloop.flows.cli.main import main
 
     source = write_wav("scene.wav", speechlike(16000, 2.0, 1, peak=0.3).astype(np.float32))
     assert main(["separate", str(source), "--model", SPLEETER, "--out", str(tmp_path / "o")]) == 0
@@ -76,7 +76,7 @@ def test_separate_cli_takes_the_name(write_wav, tmp_path, capsys):
 
 
 def test_a_delta_checkpoint_stores_only_what_changed_and_loads_back(tmp_path):
-    from adapt.checkpoint import CheckpointError, save_checkpoint
+    from stemloop.adapt.checkpoint import CheckpointError, save_checkpoint
 
     model = wheel_weights()
     with torch.no_grad():
@@ -103,7 +103,7 @@ def test_a_delta_checkpoint_stores_only_what_changed_and_loads_back(tmp_path):
 @pytest.mark.slow
 def test_train_general_fine_tunes_spleeter_with_its_bottleneck_frozen(
         prefect_harness, tiny_library, tmp_path, capsys):
-    from flows.cli import main
+    from stemloop.flows.cli.main import main
 
     out = tmp_path / "v3"
     small = ["--set", "train.steps=2", "--set", "train.val_every=2", "--set",

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import results
+from stemloop.tasks import results
 
 RATE = 16000
 
@@ -64,7 +64,7 @@ def test_storage_refuses_anything_but_data_only_json(tmp_path: Path, kind: str):
 
 
 def test_serializer_round_trips_data_and_records_and_refuses_objects():
-    from adapt.separate import SeparationRecord
+    from stemloop.adapt.separate import SeparationRecord
 
     ser = results.DataOnlyJSON()
     record = SeparationRecord(input="take.wav", sample_rate=48000, channels=2, frames=10,

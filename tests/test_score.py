@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from adapt.metrics import sdr, si_sdr, si_sdr_improvement
-from adapt.score import (
-    artefact_penalty,
+from stemloop.adapt.metrics import sdr, si_sdr, si_sdr_improvement
+from stemloop.adapt.quality import artefact_penalty
+from stemloop.adapt.score import (
     banding_db,
     click_rate,
     consistency_db,
@@ -175,7 +175,7 @@ def test_score_command_writes_json_and_rejects_mismatched_input(tmp_path, capsys
     import json
     import shutil
 
-    from flows.cli import main
+    from stemloop.flows.cli.main import main
 
     stems = tmp_path / "stems"
     shutil.copytree(EXAMPLE / "truth", stems)

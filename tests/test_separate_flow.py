@@ -11,10 +11,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from adapt.checkpoint import save_checkpoint
-from adapt.config import load_config
-from adapt.model import build_model
-from flows.cli import main
+from stemloop.adapt.checkpoint import save_checkpoint
+from stemloop.adapt.model import build_model
+from stemloop.config import load_config
+from stemloop.flows.cli.main import main
 
 RATE = 16000
 
@@ -39,7 +39,7 @@ def digest(path: Path) -> str:
 @pytest.mark.slow
 def test_flow_writes_stems_record_and_reuses_its_cache(prefect_harness, tiny_checkpoint,
                                                        stereo_mix, tmp_path: Path):
-    from flows.separate import separate
+    from stemloop.flows.separate import separate
 
     source, data = stereo_mix
     before = digest(source)
@@ -78,8 +78,8 @@ def test_cli_separates_and_prints_stems(prefect_harness, tiny_checkpoint, stereo
 
 
 def test_strength_on_a_maskless_model_is_refused(stereo_mix, tmp_path: Path):
-    from adapt.errors import UserError
-    from adapt.separate import prepare
+    from stemloop.adapt.separate import prepare
+    from stemloop.errors import UserError
 
     config = load_config("smoke")
     maskless = save_checkpoint(tmp_path / "direct.pt",
@@ -122,7 +122,7 @@ def test_a_poisoned_cache_file_is_recomputed_not_run(prefect_harness, tiny_check
     from prefect.serializers import PickleSerializer
     from prefect.settings import get_current_settings
 
-    from flows.separate import separate
+    from stemloop.flows.separate import separate
     from tests.test_results import poisoned
 
     source = tmp_path / "take.wav"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from adapt.errors import UserError
-from adapt.separate import GENERAL_MODEL, prepare, shipped_model
+from stemloop.adapt.separate import GENERAL_MODEL, prepare, shipped_model
+from stemloop.errors import UserError
 
 
 def test_the_rung_at_the_rate_else_the_next_above_else_the_top(tmp_path: Path):
@@ -21,7 +21,7 @@ def test_the_rung_at_the_rate_else_the_next_above_else_the_top(tmp_path: Path):
 
 
 def test_separate_without_a_model_uses_the_shipped_one_or_says_how_to_get_one(write_wav):
-    from adapt.config import load_config
+    from stemloop.config import load_config
     from tests.signals import sine
 
     path = write_wav("tone.wav", sine(440, 16000, 1.0))

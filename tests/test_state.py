@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from adapt.errors import UserError
-from flows.state import check_run_free, run_lock
+from stemloop.errors import UserError
+from stemloop.tasks.state import check_run_free, run_lock
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,7 @@ def test_a_killed_holder_never_blocks_its_retry(tmp_path: Path):
     run = tmp_path / "run"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from flows.state import run_lock\n"
+         "from stemloop.tasks.state import run_lock\n"
          "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)",
          str(run)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -86,8 +86,8 @@ def wait_until(condition, seconds: float) -> bool:
 HOLDER = """
 import sys, time
 from pathlib import Path
-from flows.cli import _exit_on_sigterm
-from flows.state import start_prefect, use_state_dir
+from stemloop.flows.cli.main import _exit_on_sigterm
+from stemloop.tasks.state import start_prefect, use_state_dir
 
 try:
     _exit_on_sigterm()
@@ -147,7 +147,7 @@ def test_a_damaged_prefect_database_is_moved_aside_and_a_fresh_one_made(tmp_path
         [aside] = db.parent.glob("prefect.db.damaged-*")
         assert aside.stat().st_size > 0 and db.is_file()
         with sqlite3.connect(db) as con:  # the fresh one is fully migrated
-            from flows.state import prefect_head_revision
+            from stemloop.tasks.state import prefect_head_revision
 
             assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [
                 (prefect_head_revision(),)]
@@ -156,8 +156,8 @@ def test_a_damaged_prefect_database_is_moved_aside_and_a_fresh_one_made(tmp_path
 
 
 def test_a_full_or_read_only_state_folder_is_one_line(tmp_path: Path):
-    from flows.cli import storage_problem
-    from flows.state import check_state_dir
+    from stemloop.flows.cli.main import storage_problem
+    from stemloop.tasks.state import check_state_dir
 
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -197,7 +197,7 @@ def test_separate_on_a_nearly_full_state_disk_is_one_line_and_writes_nothing(tmp
     source = tmp_path / "take.wav"
     sf.write(source, np.zeros((16000, 1), np.float32) + 0.01, 16000)
     env = {**os.environ, "STEMLOOP_HOME": str(disk / "state")}
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "separate", str(source),
+    r = subprocess.run([sys.executable, "-m", "stemloop.flows.cli", "separate", str(source),
                         "--model", "spleeter", "--out", str(tmp_path / "stems"),
                         "--config", "smoke"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
@@ -214,7 +214,7 @@ def test_prefect_console_logs_drop_user_error_tracebacks():
 
     import prefect.main  # noqa: F401  (Prefect's logging set-up, which disables older loggers)
 
-    from flows.state import quiet_user_errors
+    from stemloop.tasks.state import quiet_user_errors
 
     stream = io.StringIO()
     logger = logging.getLogger("prefect.stemloop-test")
@@ -243,7 +243,7 @@ def test_an_interrupted_batch_does_not_wait_for_its_threads(tmp_path: Path):
     script = f"""
 import atexit, sys, threading, time
 from pathlib import Path
-from flows.cli import exit_now_if_threads_linger
+from stemloop.flows.cli.main import exit_now_if_threads_linger
 atexit.register(lambda: Path({str(tmp_path / "handlers-ran")!r}).touch())
 threading.Thread(target=time.sleep, args=(600,)).start()
 exit_now_if_threads_linger(130)
@@ -259,7 +259,7 @@ def test_a_database_from_an_older_prefect_that_started_is_left_to_migrate(tmp_pa
     (the marker start_prefect writes) is Prefect's to migrate."""
     import sqlite3
 
-    from flows.state import _marker, check_prefect_db
+    from stemloop.tasks.state import _marker, check_prefect_db
 
     db = tmp_path / "prefect.db"
     with sqlite3.connect(db) as con:

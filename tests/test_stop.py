@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from adapt.score import best_iteration, should_stop
+from stemloop.adapt.quality import best_iteration, should_stop
 
 
 @pytest.mark.parametrize("history,patience,expected", [

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from adapt.config import load_config
-from flows.tracking import Tracker
+from stemloop.config import load_config
+from stemloop.tasks.tracking import Tracker
 
 
 def test_unfinished_runs_are_reopened_finished_ones_are_not(tmp_path):

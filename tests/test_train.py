@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapt.checkpoint import load_checkpoint
-from adapt.config import load_config
-from adapt.model import build_model
-from adapt.train import NEW_LAYERS, Run, losses, parameter_groups, train, validate
+from stemloop.adapt.checkpoint import load_checkpoint
+from stemloop.adapt.model import build_model
+from stemloop.adapt.train import NEW_LAYERS, Run, losses, parameter_groups, train, validate
+from stemloop.config import load_config
 from tests.signals import toy_batch
 
 RATE = 8000

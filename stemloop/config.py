@@ -18,7 +18,7 @@ import yaml
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adapt.errors import ConfigError, yaml_error
+from stemloop.errors import ConfigError, read_yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 SUPPORTED_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000, 96000)
@@ -192,7 +192,6 @@ class TrackingConfig(Section):
 class OrchestrationConfig(Section):
     state_dir: str | None
     concurrency: int = Field(ge=1, le=1024)
-    task_retries: int = Field(ge=0, le=20)
     cache: bool
 
 
@@ -208,6 +207,12 @@ class Config(Section):
     loop: LoopConfig
     tracking: TrackingConfig
     orchestration: OrchestrationConfig
+
+
+def result_train(config: Config) -> TrainConfig:
+    """The training settings that decide a result: thread and worker counts left out, so
+    they can change on resume (cache keys and training folders use this)."""
+    return config.train.model_copy(update={"threads": 0, "workers": 1})
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
@@ -249,12 +254,7 @@ def dump_config(config: Config) -> str:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise yaml_error(path, "config file", exc) from None
+    data = read_yaml(path, "config file")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -28,7 +28,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from datasets.music import INSTRUMENTS, MAX_PARTS, _fit_instrument, _midi, _render
+from stemloop.datasets.music import INSTRUMENTS, MAX_PARTS, _fit_instrument, _midi, _render
 
 ALLISON = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 ARMELLE = Path("/usr/share/asterisk/sounds/fr")

@@ -22,7 +22,7 @@ from importlib import metadata
 from rich.console import Console
 from rich.markup import escape
 
-from adapt.errors import UserError
+from stemloop.errors import UserError
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True, markup=False)
@@ -132,31 +132,31 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(cmd)
     cmd.set_defaults(handler=cmd_config_show)
 
-    from flows.data_commands import add_data_commands
+    from stemloop.flows.cli.data import add_data_commands
 
     add_data_commands(sub, add_config_args)
 
-    from flows.separate_cli import add_separate_command
+    from stemloop.flows.cli.separate import add_separate_command
 
     add_separate_command(sub, add_config_args)
 
-    from flows.score_cli import add_score_command
+    from stemloop.flows.cli.score import add_score_command
 
     add_score_command(sub, add_config_args)
 
-    from flows.train_cli import add_train_commands
+    from stemloop.flows.cli.train import add_train_commands
 
     add_train_commands(sub, add_config_args)
 
-    from flows.artefacts_cli import add_artefact_commands
+    from stemloop.flows.cli.artefacts import add_artefact_commands
 
     add_artefact_commands(sub, add_config_args)
 
-    from flows.adapt_cli import add_adapt_command
+    from stemloop.flows.cli.adapt import add_adapt_command
 
     add_adapt_command(sub, add_config_args)
 
-    from flows.ops_cli import add_ops_commands
+    from stemloop.flows.cli.ops import add_ops_commands
 
     add_ops_commands(sub, add_config_args)
     return parser
@@ -171,7 +171,7 @@ def add_config_args(cmd: argparse.ArgumentParser) -> None:
 
 
 def load(args: argparse.Namespace):
-    from adapt.config import load_config
+    from stemloop.config import load_config
 
     return load_config(args.config, args.overrides)
 
@@ -192,8 +192,8 @@ def _version(name: str) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from datasets.audio import measure
-    from flows.state import state_dir
+    from stemloop.datasets.audio import measure
+    from stemloop.tasks.state import state_dir
 
     config = load(args)
     stats = measure(args.file, config.io.block_seconds, config.io.clip_threshold,
@@ -230,7 +230,7 @@ def _round(value: float) -> float | str:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from adapt.config import dump_config
+    from stemloop.config import dump_config
 
     print(dump_config(load(args)), end="")
     return 0

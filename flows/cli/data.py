@@ -1,6 +1,6 @@
 """CLI commands of the data engine: ``library build``, ``dataset preview``, ``dataset match``.
 
-Kept beside ``flows/cli.py`` so the data commands live in one place; heavy
+Kept beside ``flows/cli/main.py`` so the data commands live in one place; heavy
 imports happen inside the handlers.
 """
 
@@ -64,19 +64,19 @@ def add_data_commands(sub: argparse._SubParsersAction,
 
 
 def _load(args: argparse.Namespace):
-    from adapt.config import load_config
+    from stemloop.config import load_config
 
     return load_config(args.config, args.overrides)
 
 
 def library_dir(args: argparse.Namespace, config) -> Path:
-    from flows.state import state_dir
+    from stemloop.tasks.state import state_dir
 
     return Path(args.library or config.mixbus.library_dir or state_dir(config) / "library")
 
 
 def schema_path(args: argparse.Namespace, config) -> Path:
-    from adapt.config import CONFIG_DIR
+    from stemloop.config import CONFIG_DIR
 
     return Path(args.schema) if args.schema else CONFIG_DIR / config.mixbus.schema_path
 
@@ -84,8 +84,8 @@ def schema_path(args: argparse.Namespace, config) -> Path:
 def cmd_library_build(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from adapt.errors import UserError
-    from datasets.library import build_library
+    from stemloop.datasets.library import build_library
+    from stemloop.errors import UserError
 
     if args.hours <= 0:
         raise UserError(f"--hours {args.hours}: give a positive number of hours")
@@ -112,7 +112,7 @@ def cmd_library_build(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset_preview(args: argparse.Namespace) -> int:
-    from datasets.loader import preview
+    from stemloop.datasets.loader import preview
 
     config = _load(args)
     rate = args.rate or config.loop.working_rate
@@ -123,8 +123,8 @@ def cmd_dataset_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset_match(args: argparse.Namespace) -> int:
-    from adapt.errors import UserError
-    from datasets.match import match_recording
+    from stemloop.datasets.match import match_recording
+    from stemloop.errors import UserError
 
     config = _load(args)
     lib = Path(args.library) if args.library else None

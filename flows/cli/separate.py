@@ -47,10 +47,10 @@ def add_separate_command(sub: argparse._SubParsersAction,
 
 
 def cmd_separate(args: argparse.Namespace) -> int:
-    from adapt.config import load_config
-    from adapt.separate import check_outputs, default_out_dir, prepare
-    from datasets.audio import check_output_dir
-    from flows.state import resolve_model, start_prefect, state_dir, use_state_dir
+    from stemloop.adapt.separate import check_outputs, default_out_dir, prepare
+    from stemloop.config import load_config
+    from stemloop.datasets.audio import check_output_dir
+    from stemloop.tasks.state import resolve_model, start_prefect, state_dir, use_state_dir
 
     config = load_config(args.config, args.overrides)
     model = resolve_model(str(args.model) if args.model else
@@ -64,8 +64,8 @@ def cmd_separate(args: argparse.Namespace) -> int:
     state = use_state_dir(state_dir(config), config)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # keep the bar readable
     start_prefect(state)
-    from flows.separate import separate
-    from tasks.separate import report_progress
+    from stemloop.flows.separate import separate
+    from stemloop.tasks.separate import report_progress
 
     columns = (TextColumn("separating"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                TimeRemainingColumn())

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from adapt.errors import UserError
+from stemloop.errors import UserError
 
 out = Console(highlight=False, soft_wrap=True, markup=False)
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -67,27 +67,27 @@ def add_ops_commands(sub: argparse._SubParsersAction,
 
 
 def _setup(args: argparse.Namespace):
-    from adapt.config import load_config
-    from flows.state import state_dir, use_state_dir
+    from stemloop.config import load_config
+    from stemloop.tasks.state import state_dir, use_state_dir
 
     config = load_config(args.config, args.overrides)
     return config, use_state_dir(state_dir(config), config)
 
 
 def cmd_adapt_batch(args: argparse.Namespace) -> int:
-    from flows.manifest import read_jobs
+    from stemloop.flows.manifest import read_jobs
 
     read_jobs(args.source)  # a missing folder or a bad manifest: one line, before Prefect
     config, state = _setup(args)
-    from datasets.audio import check_output_dir
+    from stemloop.datasets.audio import check_output_dir
 
     check_output_dir(state / "batches")
-    from flows.state import start_prefect
+    from stemloop.tasks.state import start_prefect
 
     start_prefect(state)
     import pandas as pd
 
-    from flows.batch import adapt_batch, format_summary
+    from stemloop.flows.batch import adapt_batch, format_summary
 
     rows = adapt_batch(str(args.source), args.config, list(args.overrides))
     table = pd.DataFrame(rows)
@@ -113,7 +113,7 @@ def new_file(path: str | None, force: bool, option: str) -> Path | None:
 
 
 def write_new_file(target: Path, text: str, option: str) -> None:
-    from datasets.files import write_text_atomic
+    from stemloop.files import write_text_atomic
 
     try:
         write_text_atomic(target, text)
@@ -125,8 +125,8 @@ def write_new_file(target: Path, text: str, option: str) -> None:
 def cmd_runs(args: argparse.Namespace) -> int:
     csv = new_file(args.csv, args.force, "--csv")
     config, state = _setup(args)
-    from flows.review import runs_table
-    from flows.tracking import Tracker
+    from stemloop.flows.review import runs_table
+    from stemloop.tasks.tracking import Tracker
 
     tracker = Tracker(config, state)
     table = (runs_table(tracker.client, config.tracking.experiment, args.limit)
@@ -144,8 +144,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     given = new_file(args.out, args.force, "--out")
     config, state = _setup(args)
-    from flows.review import load_report, report_html
-    from flows.tracking import Tracker
+    from stemloop.flows.review import load_report, report_html
+    from stemloop.tasks.tracking import Tracker
 
     if args.seconds <= 0:
         raise UserError(f"--seconds {args.seconds:g}: give a positive number of seconds")

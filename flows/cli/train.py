@@ -9,7 +9,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from adapt.errors import UserError
+from stemloop.errors import UserError
+from stemloop.names import MANIFEST
 
 out = Console(highlight=False, soft_wrap=True, markup=False)
 
@@ -55,12 +56,12 @@ def _data_args(cmd: argparse.ArgumentParser) -> None:
 
 
 def _prepare(args: argparse.Namespace):
-    from adapt.config import load_config
-    from datasets.audio import check_output_dir
-    from flows.state import start_prefect, state_dir, use_state_dir
+    from stemloop.config import load_config
+    from stemloop.datasets.audio import check_output_dir
+    from stemloop.tasks.state import start_prefect, state_dir, use_state_dir
 
     config = load_config(args.config, args.overrides)
-    if args.library and not (Path(args.library) / "manifest.parquet").is_file():
+    if args.library and not (Path(args.library) / MANIFEST).is_file():
         raise UserError(f"{args.library}: not a library (no manifest.parquet); build one with "
                         "`stemloop library build --out DIR`")
     start_prefect(use_state_dir(state_dir(config), config))
@@ -70,20 +71,19 @@ def _prepare(args: argparse.Namespace):
 def cmd_train_general(args: argparse.Namespace) -> int:
     config, check_output_dir = _prepare(args)
     if args.init:  # a bad or mismatched checkpoint fails here, in one line
-        from adapt.model import Separator
-        from flows.state import resolve_model
-        from tasks.train import start_model
+        from stemloop.tasks.state import resolve_model
+        from stemloop.tasks.train import start_model
 
         args.init = resolve_model(args.init, config)
         model = start_model(config, args.init)
-        if not isinstance(model, Separator) and any(r > model.sample_rate  # not upscalable
+        if not model.UPSCALABLE and any(r > model.sample_rate
                                                     for r in config.upscale.ladder):
             raise UserError(f"--init {args.init}: a pretrained model keeps its own rate "
                             f"({model.sample_rate} Hz) and cannot climb upscale.ladder "
                             f"{config.upscale.ladder}; pass --config general-spleeter or "
                             "--set upscale.ladder=[]")
     check_output_dir(args.out)
-    from flows.train_general import train_general
+    from stemloop.flows.train_general import train_general
 
     result = train_general(args.out, args.config, args.overrides, args.library, args.hours,
                            args.alias, args.init)
@@ -92,8 +92,8 @@ def cmd_train_general(args: argparse.Namespace) -> int:
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    from adapt.checkpoint import load_checkpoint
-    from adapt.model import frame_stride
+    from stemloop.adapt.checkpoint import load_checkpoint
+    from stemloop.adapt.model import frame_stride
 
     config, check_output_dir = _prepare(args)
     model = load_checkpoint(args.model).model  # a bad checkpoint fails here, in one line
@@ -101,7 +101,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     if args.to <= model.sample_rate:
         raise UserError(f"--to {args.to}: must be above the model's {model.sample_rate} Hz")
     check_output_dir(Path(args.out).parent)
-    from flows.train_general import upscale_model
+    from stemloop.flows.train_general import upscale_model
 
     result = upscale_model(args.model, args.to, args.out, args.config, args.overrides,
                            args.library, args.hours)

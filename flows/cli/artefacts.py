@@ -9,7 +9,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from adapt.errors import UserError
+from stemloop.errors import UserError
+from stemloop.names import MANIFEST
 
 out = Console(highlight=False, soft_wrap=True, markup=False)
 
@@ -39,13 +40,13 @@ def add_artefact_commands(sub: argparse._SubParsersAction,
 
 
 def cmd_train_artefacts(args: argparse.Namespace) -> int:
-    from adapt.artefacts import SOURCES, is_artefact_model
-    from adapt.checkpoint import load_checkpoint
-    from adapt.config import CONFIG_DIR, load_config
-    from adapt.separate import shipped_model
-    from datasets.audio import check_output_dir
-    from datasets.mixbus_yaml import load_schema
-    from flows.state import start_prefect, state_dir, use_state_dir
+    from stemloop.adapt.artefacts import SOURCES, is_artefact_model
+    from stemloop.adapt.checkpoint import load_checkpoint
+    from stemloop.adapt.separate import shipped_model
+    from stemloop.config import CONFIG_DIR, load_config
+    from stemloop.datasets.audio import check_output_dir
+    from stemloop.datasets.mixbus_yaml import load_schema
+    from stemloop.tasks.state import start_prefect, state_dir, use_state_dir
 
     config = load_config(args.config, args.overrides)
     if [*config.model.targets, config.model.complement] != SOURCES:
@@ -72,12 +73,12 @@ def cmd_train_artefacts(args: argparse.Namespace) -> int:
         raise UserError(f"--target {target}: must be a target of both the general model "
                         f"({', '.join(separator.sources[:-1])}) and the mix bus "
                         f"({', '.join(t.name for t in schema.targets)})")
-    if args.library and not (Path(args.library) / "manifest.parquet").is_file():
+    if args.library and not (Path(args.library) / MANIFEST).is_file():
         raise UserError(f"{args.library}: not a library (no manifest.parquet); build one with "
                         "`stemloop library build --out DIR`")
     check_output_dir(args.out)
     start_prefect(use_state_dir(state_dir(config), config))
-    from flows.train_artefacts import train_artefacts
+    from stemloop.flows.train_artefacts import train_artefacts
 
     result = train_artefacts(args.out, str(Path(general).resolve()), target, args.config,
                              args.overrides, args.library, args.hours, args.alias)

@@ -1,0 +1,1 @@
+"""The ``stemloop`` command: ``main`` parses, the modules beside it run each command."""

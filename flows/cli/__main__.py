@@ -1,0 +1,5 @@
+import sys
+
+from stemloop.flows.cli.main import main
+
+sys.exit(main())
