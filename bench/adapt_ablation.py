@@ -19,13 +19,13 @@ complement in an example's noise bus; music: probability of library music):
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from pathlib import Path
 
 import torch
-import yaml
+
+from stemloop.datasets.mixbus import Schema
 
 VARIANTS = {
     "current": {"own_voice": 0.7, "own_background": 0.7, "music": None},
@@ -45,23 +45,26 @@ VARIANTS = {
 __doc__ += "\n".join(f"    {k}: {v}" for k, v in VARIANTS.items())
 
 
-def schema_for(variant: dict, matched: dict, targets: list[Path], complements: list[Path],
-               name: str, levels: tuple[float, float]) -> dict:
-    from stemloop.datasets.adaptset import _child, adaptation_schema
+def schema_for(variant: dict, matched: Schema, targets: list[Path], complements: list[Path],
+               name: str, levels: tuple[float, float]) -> Schema:
+    from dataclasses import replace
+
+    from stemloop.datasets.adaptset import adaptation_schema
+    from stemloop.datasets.mixbus import edit_node
 
     share = 1.0 - variant["own_voice"]
-    schema = adaptation_schema(targets, complements, copy.deepcopy(matched), name, share, [],
-                               levels)
-    sources = _child(schema["buses"], "sources")
-    voices = _child(sources["children"], "voices")
-    own = _child(voices["children"], "recording")
-    own["probability"] = variant["own_voice"]
-    noise = _child(schema["buses"], "noise")
-    own_bg = [c for c in noise["children"] if c["name"] == "recording"]
-    for child in own_bg:
-        child["probability"] = variant["own_background"]
+    schema = adaptation_schema(targets, complements, matched, name, share, [], levels)
+
+    def own(probability: float):
+        return lambda bus: replace(bus, children=tuple(
+            replace(c, probability=probability) if c.name == "recording" else c
+            for c in bus.children))
+
+    schema = edit_node(schema, "sources/voices", own(variant["own_voice"]))
+    schema = edit_node(schema, "noise", own(variant["own_background"]))
     if variant["music"] is not None:
-        _child(sources["children"], "music")["probability"] = variant["music"]
+        schema = edit_node(schema, "sources/music",
+                           lambda bus: replace(bus, probability=variant["music"]))
     return schema
 
 
@@ -93,6 +96,7 @@ def main() -> None:
     from stemloop.datasets.adaptset import holdout_pairs
     from stemloop.datasets.audio import loudness, read_audio, resample
     from stemloop.datasets.batches import TrainingData
+    from stemloop.datasets.mixbus_yaml import load_schema, write_schema
     from stemloop.tasks.state import state_dir
 
     config = load_config(None, ["train.threads=1", "train.workers=1", *args.overrides])
@@ -106,7 +110,7 @@ def main() -> None:
     stems = args.run_dir / "iter-000" / "stems"
     crude = {p.stem: read_audio(p)[0] for p in stems.glob("*.wav")}
     levels = (loudness(crude["dialogue"], rate), loudness(crude["background"], rate))
-    matched = yaml.safe_load((args.run_dir / "matched.yaml").read_text())
+    matched = load_schema(args.run_dir / "matched.yaml")
     variant = VARIANTS[args.variant]
     import pandas as pd
 
@@ -119,15 +123,16 @@ def main() -> None:
     schema = schema_for(variant, matched, targets, complements, "dialogue", levels)
     if variant.get("recorded_voices"):
         speech = manifest[manifest["class"] == "speech"]
-        restrict_speech(schema, {"voice": sorted(speech[speech["tool"] == "fillets-ng"]["voice"]
-                                                 .astype(str).unique())})
+        recorded = speech[speech["tool"] == "fillets-ng"]["voice"].astype(str).unique()
+        schema = restrict_speech(schema, {"voice": sorted(recorded)})
     if variant.get("split_voices"):
-        restrict_speech(schema, {"voice": [v for v in speakers if not reference_voice(v)]})
+        schema = restrict_speech(schema, {"voice": [v for v in speakers
+                                                  if not reference_voice(v)]})
     tag = "-".join([args.mixture, args.variant, str(args.steps), args.model.parent.name,
                     *args.overrides]).replace("/", "_")
     work = state_dir() / "ablation" / tag
     work.mkdir(parents=True, exist_ok=True)
-    (work / "schema.yaml").write_text(yaml.safe_dump(schema, sort_keys=False))
+    write_schema(work / "schema.yaml", schema)
     t = config.train
     data = TrainingData(work / "schema.yaml", library, ["dialogue"], work / "pools",
                         t.pool_size, 1, t.pool_seconds, t.segment_s, t.batch_size, t.seed,
@@ -135,7 +140,7 @@ def main() -> None:
     model = load_checkpoint(args.model).model
     batches, _ = data(model.sample_rate)
     pseudo = holdout_pairs(args.run_dir / "holdout.json", model.sample_rate, config)
-    (work / "matched-lib.yaml").write_text(yaml.safe_dump(matched, sort_keys=False))
+    write_schema(work / "matched-lib.yaml", matched)
     lib_data = TrainingData(work / "matched-lib.yaml", library, ["dialogue"], work / "lib-pools",
                             8, 32, t.pool_seconds, t.segment_s, t.batch_size, t.seed + 7, 1)
     _, matched_val = lib_data(model.sample_rate)
@@ -152,8 +157,8 @@ def main() -> None:
                                         model.sample_rate, config)
     # the same, but only voices that the split-voices variant never trains on
     unseen_schema = reference_schema(matched, [Path(p) for p in held], "dialogue", levels[1])
-    restrict_speech(unseen_schema, {"voice": unseen})
-    (work / "unseen-reference.yaml").write_text(yaml.safe_dump(unseen_schema, sort_keys=False))
+    unseen_schema = restrict_speech(unseen_schema, {"voice": unseen})
+    write_schema(work / "unseen-reference.yaml", unseen_schema)
     loop = config.loop
     unseen_reference = TrainingData(work / "unseen-reference.yaml", library, ["dialogue"],
                                     work / "unseen-reference", 1, 32, loop.pseudo_seconds,

@@ -20,7 +20,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import yaml
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -33,6 +32,7 @@ from stemloop.config import load_config  # noqa: E402
 from stemloop.datasets.adaptset import reference_pairs, restrict_speech  # noqa: E402
 from stemloop.datasets.audio import probe  # noqa: E402
 from stemloop.datasets.library import Library  # noqa: E402
+from stemloop.datasets.mixbus_yaml import load_schema, write_schema  # noqa: E402
 from stemloop.tasks.state import state_dir  # noqa: E402
 
 
@@ -47,9 +47,8 @@ def check(run_dir: Path, library: Path, voices: list[str]) -> list[dict]:
     work = run_dir / "recorded-reference"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
-    schema = yaml.safe_load((run_dir / "reference.yaml").read_text())
-    restrict_speech(schema, {"voice": voices})
-    (work / "reference.yaml").write_text(yaml.safe_dump(schema, sort_keys=False))
+    schema = restrict_speech(load_schema(run_dir / "reference.yaml"), {"voice": voices})
+    write_schema(work / "reference.yaml", schema)
     record = json.loads((run_dir / "holdout.json").read_text())
     record["reference"] = str(work / "reference.yaml")
     (work / "holdout.json").write_text(json.dumps(record))

@@ -20,8 +20,7 @@ Guidance from a restorer: time regions to include or exclude, extra clips.
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,17 @@ from pydantic import BaseModel
 from stemloop.config import Config, deep_merge
 from stemloop.datasets.audio import read_audio, resample, write_audio
 from stemloop.datasets.cull import Segment, apply_guidance, coverage, cull_iteration, segments_table
+from stemloop.datasets.mixbus import (
+    Feed,
+    Node,
+    Schema,
+    Target,
+    edit_node,
+    find_node,
+    map_nodes,
+    with_param,
+)
+from stemloop.datasets.mixbus_yaml import dump_schema, schema_from_dict, write_schema
 from stemloop.files import atomic_path, write_text_atomic
 
 
@@ -98,36 +108,62 @@ def write_segments(audio: torch.Tensor, rate: int, segments: list[Segment], fold
     return paths
 
 
-def _lufs_range(lufs: float) -> list[float]:
+def _lufs_range(lufs: float) -> tuple[float, float]:
     """A loudness range drawn within ±4 dB of ``lufs`` (never above -1 LUFS)."""
-    return [lufs - 4, min(lufs + 4, -1)]
+    return (float(lufs - 4), float(min(lufs + 4, -1)))
 
 
-def match_balance(schema: dict[str, Any], levels: tuple[float, float],
-                  background_share: float) -> None:
-    """Give ``schema``'s library examples the recording's balance, in place: the main
-    library voice at the recording's dialogue level and library music at its background
-    level (both ±4 dB), and library music only in the examples without the recording's
-    own background (``1 - background_share`` of them), so the two are not stacked into a
-    background louder than the recording's. A schema without these buses (a custom one)
-    keeps what it lacks as it is."""
-    sources = {n["name"]: n for n in schema["buses"]}.get("sources", {})
-    children = {n["name"]: n for n in sources.get("children", [])}
-    voices = children.get("voices", {}).get("children", [])
-    if voices:
-        voices[0]["lufs"] = _lufs_range(levels[0])
-    if "music" in children:
-        music = children["music"]
-        music["probability"] = music.get("probability", 1.0) * (1.0 - background_share)
-        for child in music.get("children", []):
-            child["lufs"] = _lufs_range(levels[1])
+def _at_level(node: Node, lufs: float) -> Node:
+    return replace(node, lufs=_lufs_range(lufs), rel_db=None)  # a level replaces a relative one
 
 
-def adaptation_schema(targets: list[Path], complements: list[Path], matched: dict[str, Any],
+def match_balance(schema: Schema, levels: tuple[float, float],
+                  background_share: float) -> Schema:
+    """``schema`` with the recording's balance in its library examples: the main library
+    voice at the recording's dialogue level and library music at its background level (both
+    ±4 dB), and library music only in the examples without the recording's own background
+    (``1 - background_share`` of them), so the two are not stacked into a background louder
+    than the recording's. A schema without these buses (a custom one) keeps what it lacks
+    as it is."""
+    voices = find_node(schema, "sources/voices")
+    if voices is not None and voices.children:
+        schema = edit_node(schema, "sources/voices", lambda bus: replace(bus, children=(
+            _at_level(bus.children[0], levels[0]), *bus.children[1:])))
+    if find_node(schema, "sources/music") is not None:
+        schema = edit_node(schema, "sources/music", lambda music: replace(
+            music, probability=music.probability * (1.0 - background_share),
+            children=tuple(_at_level(c, levels[1]) for c in music.children)))
+    return schema
+
+
+def _bus(schema: Schema, path: str) -> Node:
+    found = find_node(schema, path)
+    if found is None:
+        raise ValueError(f"the base schema has no bus named {path!r}")
+    return found
+
+
+def _scaled(nodes: tuple[Node, ...], factor: float, drop: list[str] = ()) -> tuple[Node, ...]:
+    return tuple(replace(n, probability=0.0 if n.name in drop else factor * n.probability)
+                 for n in nodes)
+
+
+def _files(paths: list[Path], resolve: bool = False) -> Feed:
+    return Feed(files=tuple(str(Path(p).resolve() if resolve else p) for p in paths))
+
+
+ROLES = (("background", "sources/music"), ("noise", "noise"))  # besides the target's voices
+
+
+def _targets(target_name: str) -> tuple[Target, ...]:
+    return (Target(target_name, "sources/voices"), *(Target(n, bus) for n, bus in ROLES))
+
+
+def adaptation_schema(targets: list[Path], complements: list[Path], matched: Schema,
                       target_name: str, library_share: float, drop: list[str],
                       levels: tuple[float, float] = (-22.0, -25.0),
                       background_share: float | None = None,
-                      balance: bool = False) -> dict[str, Any]:
+                      balance: bool = False) -> Schema:
     """A mix-bus schema: culled target segments over culled complement segments, plus the
     matched library schema's buses (minus ``drop``): library voices in ``library_share``
     of the examples, the recording's culled background in ``background_share`` of them
@@ -139,58 +175,39 @@ def adaptation_schema(targets: list[Path], complements: list[Path], matched: dic
     are drawn within ±4 dB of them, so remixes keep the recording's balance; with
     ``balance`` the library examples keep it too (``match_balance``).
     """
-    schema = copy.deepcopy(matched)
+    schema = matched
     share = 1.0 - library_share if background_share is None else background_share
     if balance:  # with no culled background, library music is the only one: at its level
-        match_balance(schema, levels, share if complements else 0.0)
-    own = {"name": "recording", "probability": 1.0 - library_share}
-    voices = {**own, "feed": {"files": [str(p) for p in targets]},
-              "lufs": _lufs_range(levels[0])}
-    background = {**own, "feed": {"files": [str(p) for p in complements]},
-                  "lufs": _lufs_range(levels[1])}
-    buses = schema["buses"]
-    sources = _child(buses, "sources")
-    for child in sources["children"]:
-        child["probability"] = library_share * child.get("probability", 1.0)
-        if child["name"] in drop:
-            child["probability"] = 0.0
-    noise = _child(buses, "noise")
-    for child in noise["children"]:
-        if child["name"] in drop:
-            child["probability"] = 0.0
-    background["probability"] = share
-    voices_bus = _child(sources["children"], "voices")
-    voices_bus["probability"] = 1.0
-    for child in voices_bus["children"]:
-        child["probability"] = library_share * child.get("probability", 1.0)
-    voices_bus["children"].append(voices)
-    if complements:
-        noise["children"].append(background)
-    schema["targets"] = {target_name: {"bus": "sources/voices"},
-                         "background": {"bus": "sources/music"}, "noise": {"bus": "noise"}}
-    schema["description"] = "self-adaptation: culled stems remixed, plus matched library"
-    return schema
+        schema = match_balance(schema, levels, share if complements else 0.0)
+    _bus(schema, "sources/voices"), _bus(schema, "noise")  # a base without them: one line
+    voices = Node("recording", feed=_files(targets), lufs=_lufs_range(levels[0]),
+                  probability=1.0 - library_share)
+    background = Node("recording", feed=_files(complements), lufs=_lufs_range(levels[1]),
+                      probability=share)
+    schema = edit_node(schema, "sources", lambda bus: replace(
+        bus, children=_scaled(bus.children, library_share, drop)))
+    schema = edit_node(schema, "noise", lambda bus: replace(
+        bus, children=(*_scaled(bus.children, 1.0, drop),
+                       *((background,) if complements else ()))))
+    schema = edit_node(schema, "sources/voices", lambda bus: replace(
+        bus, probability=1.0, children=(*_scaled(bus.children, library_share), voices)))
+    return replace(schema, targets=_targets(target_name),
+                   description="self-adaptation: culled stems remixed, plus matched library")
 
 
-def _child(nodes: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    for node in nodes:
-        if node.get("name") == name:
+def restrict_speech(schema: Schema, query: dict[str, Any]) -> Schema:
+    """Every library speech feed of ``schema`` also matches ``query`` (manifest columns)."""
+    extra = {c: tuple(v) if isinstance(v, list | tuple) else (v,) for c, v in query.items()}
+
+    def restrict(_: str, node: Node) -> Node:
+        if node.feed is None or dict(node.feed.query).get("class") != ("speech",):
             return node
-    raise ValueError(f"the base schema has no bus named {name!r}")
+        feed_query = node.feed.query
+        for column, values in extra.items():
+            feed_query = with_param(feed_query, column, values)
+        return replace(node, feed=replace(node.feed, query=feed_query))
 
-
-def restrict_speech(node: dict[str, Any] | list, query: dict[str, Any]) -> None:
-    """Every library speech feed under ``node`` also matches ``query`` (manifest columns)."""
-    if isinstance(node, list):
-        for child in node:
-            restrict_speech(child, query)
-        return
-    feed_query = node.get("feed", {}).get("query", {})
-    if feed_query.get("class") == "speech":
-        feed_query.update(query)
-    for key in ("buses", "children"):
-        if key in node:
-            restrict_speech(node[key], query)
+    return map_nodes(schema, restrict)
 
 
 def reference_speech(library: str | None, choice: str) -> dict[str, Any] | None:
@@ -206,29 +223,27 @@ def reference_speech(library: str | None, choice: str) -> dict[str, Any] | None:
     return natural if voices.nunique() >= 2 else None
 
 
-def reference_schema(matched: dict[str, Any], background: list[Path], target_name: str,
+def reference_schema(matched: Schema, background: list[Path], target_name: str,
                      level: float, speech: dict[str, Any] | None = None,
-                     balance: tuple[float, float] | None = None) -> dict[str, Any]:
+                     balance: tuple[float, float] | None = None) -> Schema:
     """The matched library schema with the recording's held-out ``background`` segments
     always in its noise bus (drawn within ±4 dB of ``level`` LUFS): library voices (those
     matching ``speech``, if given), a true target, degraded like the recording, over the
     recording's own background. With ``balance`` (the recording's dialogue and background
     levels) the voices are at its dialogue level and no library music is stacked on its
     background (``match_balance``)."""
-    schema = copy.deepcopy(matched)
+    schema = matched
     if balance:
-        match_balance(schema, balance, 1.0 if background else 0.0)
+        schema = match_balance(schema, balance, 1.0 if background else 0.0)
     if speech:
-        restrict_speech(schema["buses"], speech)
+        schema = restrict_speech(schema, speech)
     if background:
-        _child(schema["buses"], "noise")["children"].append(
-            {"name": "recording", "probability": 1.0,
-             "feed": {"files": [str(Path(p).resolve()) for p in background]},
-             "lufs": _lufs_range(level)})
-    schema["targets"] = {target_name: {"bus": "sources/voices"},
-                         "background": {"bus": "sources/music"}, "noise": {"bus": "noise"}}
-    schema["description"] = "matched reference: library voices over the recording's background"
-    return schema
+        own = Node("recording", feed=_files(background, resolve=True), lufs=_lufs_range(level))
+        schema = edit_node(schema, "noise", lambda bus: replace(
+            bus, children=(*bus.children, own)))
+    return replace(schema, targets=_targets(target_name),
+                   description="matched reference: library voices over the recording's "
+                               "background")
 
 
 def pseudo_reference(targets: list[Path], complements: list[Path], rate: int, seconds: float,
@@ -270,7 +285,7 @@ def _crop(clip: torch.Tensor, length: int, gen: torch.Generator) -> torch.Tensor
 # ---------------------------------------------------------------- one iteration's dataset
 
 def build_iteration(stems: dict[str, Path], target: str, iteration: int, config: Config,
-                    folder: Path, base_schema: dict[str, Any], holdout_file: Path,
+                    folder: Path, base_schema: Schema, holdout_file: Path,
                     reference_voices: dict[str, Any] | None = None) -> IterationDataset:
     """Cull an iteration's stems and write its dataset into ``folder``.
 
@@ -281,8 +296,6 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
     """
 
     import pandas as pd
-    import yaml
-
     audio = {name: read_audio(path) for name, path in stems.items()}
     rate = audio[target][1]
     mine = audio[target][0]
@@ -303,10 +316,9 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
         regions = sorted((s.start / rate, s.stop / rate) for split in held.values()
                          for s in split.holdout)
         reference = holdout_file.with_name("reference.yaml")
-        write_text_atomic(reference, yaml.safe_dump(reference_schema(
+        write_schema(reference, reference_schema(
             base_schema, [Path(p) for p in holdout["complement"]], target, levels[1],
-            reference_voices, levels if loop.match_balance else None),
-            sort_keys=False))
+            reference_voices, levels if loop.match_balance else None))
         Holdout(files=holdout, regions=regions, reference=str(reference)).write(holdout_file)
         train = {name: split.train for name, split in held.items()}
     else:
@@ -324,9 +336,11 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
                                loop.library_share if files["target"] else 1.0,
                                list(guide.drop_library), levels, loop.background_share,
                                loop.match_balance)
-    schema = deep_merge(schema, dict(guide.schema_overrides))
     schema_path = folder / "schema.yaml"
-    write_text_atomic(schema_path, yaml.safe_dump(schema, sort_keys=False))
+    if guide.schema_overrides:  # a restorer's edits, by YAML key: validated as a whole again
+        schema = schema_from_dict(deep_merge(dump_schema(schema), dict(guide.schema_overrides)),
+                                  f"{schema_path} (loop.guidance.schema_overrides)", folder)
+    write_schema(schema_path, schema)
     length = mine.shape[-1]
     return IterationDataset(
         schema_path=str(schema_path), holdout=str(holdout_file),

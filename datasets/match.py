@@ -11,22 +11,27 @@ ratios. ``match_recording`` writes a copy of a schema with these as its ranges.
 
 from __future__ import annotations
 
-import copy
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from scipy.ndimage import median_filter
 from scipy.signal import welch
 
 from stemloop.datasets.audio import loudness, read_audio, resample
-from stemloop.datasets.mixbus_yaml import schema_from_dict
-from stemloop.errors import ConfigError
-from stemloop.files import write_text_atomic
+from stemloop.datasets.mixbus import (
+    Effect,
+    Node,
+    Schema,
+    edit_node,
+    find_node,
+    map_nodes,
+    with_param,
+)
+from stemloop.datasets.mixbus_yaml import load_schema, write_schema
 
 SPLIT_HZ = 1000.0  # high-pass edges are looked for below this, low-pass edges above
 # Long-term spectra of speech and music fall by roughly 0–9 dB an octave against white
@@ -262,19 +267,22 @@ def analyse(recording: str | Path, library: Path | None = None,
                  hum_hz, hum_db, estimate_rt60(mono, rate), stem_lufs)
 
 
-def _nodes(buses: list[dict[str, Any]], prefix: str = ""):
-    for node in buses:
-        path = f"{prefix}{node.get('name')}"
-        yield path, node
-        yield from _nodes(node.get("children") or [], f"{path}/")
-
-
 def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def apply_match(schema: dict[str, Any], m: Match) -> dict[str, Any]:
-    """A copy of a schema mapping with ranges fitted to ``m``.
+def _range(value: float, fraction: float) -> tuple[tuple[float, float]]:
+    """A parameter value: ``value`` ± ``fraction`` of it."""
+    return ((round(value * (1 - fraction), 3), round(value * (1 + fraction), 3)),)
+
+
+def _leveled(node: Node, low: float, high: float) -> Node:
+    """``node`` at a measured LUFS range, which replaces a relative level."""
+    return replace(node, rel_db=None, lufs=(round(low, 1), round(min(high, 0), 1)))
+
+
+def apply_match(schema: Schema, m: Match) -> Schema:
+    """``schema`` with ranges fitted to ``m``.
 
     The post chain's filters and EQ are replaced by the measured band-limits and
     EQ; every room's rt60 is narrowed around the measured one; nodes named
@@ -282,57 +290,46 @@ def apply_match(schema: dict[str, Any], m: Match) -> dict[str, Any]:
     frequency (``hum`` is switched off when none is found); targets whose stems
     were measured get their node's LUFS range around the stem's loudness.
     """
-    out = copy.deepcopy(schema)
-    post = [e for e in out.get("post") or []
-            if e.get("type") not in ("highpass", "lowpass", "bandpass", "eq")]
-    fitted: list[dict[str, Any]] = []
+    fitted: list[Effect] = []
     if m.lowcut_hz:
-        fitted.append({"type": "highpass", "cutoff_hz": _within(m.lowcut_hz, 0.05),
-                       "order": [3, 6]})
+        fitted.append(Effect("highpass", (("cutoff_hz", _range(m.lowcut_hz, 0.05)),
+                                          ("order", ((3.0, 6.0),)))))
     if m.highcut_hz:
-        fitted.append({"type": "lowpass", "cutoff_hz": _within(m.highcut_hz, 0.05),
-                       "order": [4, 8]})
+        fitted.append(Effect("lowpass", (("cutoff_hz", _range(m.highcut_hz, 0.05)),
+                                         ("order", ((4.0, 8.0),)))))
     if m.eq_bands_hz:
-        fitted.append({"type": "eq", "bands_hz": m.eq_bands_hz,
-                       "gains_db": [[round(g - 1.5, 2), round(g + 1.5, 2)]
-                                    for g in m.eq_gains_db]})
-    out["post"] = fitted + post
-    nodes = dict(_nodes(out.get("buses") or []))
-    for node in nodes.values():
-        for effect in node.get("effects") or []:
-            if effect.get("type") == "room" and _finite(m.rt60_s):
-                effect["rt60"] = _within(m.rt60_s, 0.15)
-    if "noise/hiss" in nodes and _finite(m.noise_lufs):
-        level = m.noise_lufs
-        nodes["noise/hiss"].pop("rel_db", None)
-        nodes["noise/hiss"]["lufs"] = [round(level - 3, 1), round(min(level + 3, 0), 1)]
-    if "noise/hum" in nodes:
-        hum = nodes["noise/hum"]
-        hum["probability"] = 1.0 if m.hum_hz else 0.0
-        if m.hum_hz and _finite(m.hum_dbfs):
-            hum.setdefault("feed", {}).setdefault("params", {})["f0_hz"] = _within(m.hum_hz, 0.004)
-            hum.pop("rel_db", None)
-            hum["lufs"] = [round(m.hum_dbfs - 4, 1), round(min(m.hum_dbfs + 2, 0), 1)]
-    targets = out.get("targets") or {}
+        fitted.append(Effect("eq", (
+            ("bands_hz", tuple((float(b), float(b)) for b in m.eq_bands_hz)),
+            ("gains_db", tuple((round(g - 1.5, 2), round(g + 1.5, 2)) for g in m.eq_gains_db)))))
+    kept = tuple(e for e in schema.post if e.kind not in ("highpass", "lowpass", "bandpass", "eq"))
+    out = replace(schema, post=(*fitted, *kept))
+
+    def rooms(_: str, node: Node) -> Node:
+        return replace(node, effects=tuple(
+            replace(e, params=with_param(e.params, "rt60", _range(m.rt60_s, 0.15)))
+            if e.kind == "room" else e for e in node.effects))
+
+    if _finite(m.rt60_s):
+        out = map_nodes(out, rooms)
+    if find_node(out, "noise/hiss") is not None and _finite(m.noise_lufs):
+        out = edit_node(out, "noise/hiss",
+                        lambda n: _leveled(n, m.noise_lufs - 3, m.noise_lufs + 3))
+    if find_node(out, "noise/hum") is not None:
+        def hum(node: Node) -> Node:
+            node = replace(node, probability=1.0 if m.hum_hz else 0.0)
+            if m.hum_hz and _finite(m.hum_dbfs):
+                if node.feed is not None:
+                    node = replace(node, feed=replace(node.feed, params=with_param(
+                        node.feed.params, "f0_hz", _range(m.hum_hz, 0.004))))
+                node = _leveled(node, m.hum_dbfs - 4, m.hum_dbfs + 2)
+            return node
+
+        out = edit_node(out, "noise/hum", hum)
+    buses = {t.name: t.bus for t in out.targets}
     for name, level in m.stem_lufs.items():
-        bus = (targets.get(name) or {}).get("bus")
-        if bus in nodes and _finite(level):
-            nodes[bus].pop("rel_db", None)  # the measured level replaces a relative one
-            nodes[bus]["lufs"] = [round(level - 2, 1), round(min(level + 2, 0), 1)]
+        if name in buses and find_node(out, buses[name]) is not None and _finite(level):
+            out = edit_node(out, buses[name], lambda n, lv=level: _leveled(n, lv - 2, lv + 2))
     return out
-
-
-def _within(value: float, fraction: float) -> list[float]:
-    return [round(value * (1 - fraction), 3), round(value * (1 + fraction), 3)]
-
-
-def _absolute_files(schema: dict[str, Any], base: Path) -> None:
-    """Make ``files`` feeds absolute, so the matched schema works from anywhere."""
-    for _, node in _nodes(schema.get("buses") or []):
-        feed = node.get("feed") or {}
-        if isinstance(feed.get("files"), list):
-            feed["files"] = [str((base / f).resolve()) if not Path(f).is_absolute() else f
-                             for f in feed["files"]]
 
 
 def match_recording(recording: str | Path, schema_path: str | Path, out: str | Path,
@@ -340,15 +337,8 @@ def match_recording(recording: str | Path, schema_path: str | Path, out: str | P
                     max_seconds: float = 600.0) -> dict[str, Any]:
     """Analyse ``recording``, write the matched schema to ``out``; returns the measurements."""
     schema_path = Path(schema_path)
-    try:
-        base = yaml.safe_load(schema_path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{schema_path}: cannot read mix-bus schema ({exc})") from None
-    schema_from_dict(base, str(schema_path), schema_path.parent)  # fail early on a bad base
+    base = load_schema(schema_path)  # fails early on a bad base; its files made absolute
     m = analyse(recording, library, stems, max_seconds)
-    matched = apply_match(base, m)
-    _absolute_files(matched, schema_path.parent)
-    schema_from_dict(matched, str(out), Path(out).parent)
     header = f"# matched to {recording} from {schema_path} by `stemloop dataset match`\n"
-    write_text_atomic(out, header + yaml.safe_dump(matched, sort_keys=False))
+    write_schema(Path(out), apply_match(base, m), header)
     return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in asdict(m).items()}

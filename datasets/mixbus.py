@@ -22,7 +22,8 @@ then say ``"linear": false``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -77,6 +78,7 @@ class Schema:
     targets: tuple[Target, ...]
     post: tuple[Effect, ...] = ()
     channels: int = 1
+    description: str = ""
 
 
 @dataclass
@@ -317,3 +319,52 @@ def render(schema: Schema, provider: Provider, gen: torch.Generator, rate: int,
                            for t in schema.targets])
     params = {"nodes": ctx.params, "post": post, "linear": linear}
     return Example(mix, targets, tuple(t.name for t in schema.targets), params)
+
+
+# ---------------------------------------------------------------- edits of a schema tree
+# Schemas are edited as trees (each function returns a new tree); ``mixbus_yaml`` reads
+# and writes the YAML form.
+
+def find_node(schema: Schema, path: str) -> Node | None:
+    """The first node at ``path`` ("sources/voices"), or None."""
+    nodes, found = schema.buses, None
+    for name in path.split("/"):
+        found = next((n for n in nodes if n.name == name), None)
+        if found is None:
+            return None
+        nodes = found.children
+    return found
+
+
+def edit_node(schema: Schema, path: str, edit: Callable[[Node], Node]) -> Schema:
+    """``schema`` with the first node at ``path`` replaced by ``edit(node)``; KeyError if
+    there is none."""
+
+    def within(nodes: tuple[Node, ...], names: list[str]) -> tuple[Node, ...]:
+        at = next((i for i, n in enumerate(nodes) if n.name == names[0]), None)
+        if at is None:
+            raise KeyError(f"the schema has no node {path!r}")
+        node = nodes[at]
+        node = edit(node) if len(names) == 1 else replace(
+            node, children=within(node.children, names[1:]))
+        return (*nodes[:at], node, *nodes[at + 1:])
+
+    return replace(schema, buses=within(schema.buses, path.split("/")))
+
+
+def map_nodes(schema: Schema, edit: Callable[[str, Node], Node]) -> Schema:
+    """``schema`` with ``edit(path, node)`` applied to every node (children first)."""
+
+    def walk(nodes: tuple[Node, ...], prefix: str) -> tuple[Node, ...]:
+        return tuple(edit(f"{prefix}{n.name}", replace(
+            n, children=walk(n.children, f"{prefix}{n.name}/"))) for n in nodes)
+
+    return replace(schema, buses=walk(schema.buses, ""))
+
+
+def with_param(params: tuple[tuple[str, Any], ...], name: str, value: Any
+               ) -> tuple[tuple[str, Any], ...]:
+    """``params`` with ``name`` set to ``value``: in its place when present, else appended."""
+    if any(n == name for n, _ in params):
+        return tuple((n, value if n == name else v) for n, v in params)
+    return (*params, (name, value))

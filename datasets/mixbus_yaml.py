@@ -1,4 +1,4 @@
-"""Mix-bus schemas from YAML: validated once into ``datasets.mixbus`` dataclasses.
+"""Mix-bus schemas from YAML, validated once into ``datasets.mixbus`` trees, and back.
 
 Every unknown key, wrong type or bad range is a one-line ``ConfigError`` that
 names the file and the key's path (``buses.sources.voices.effects[0].cutoff``).
@@ -11,8 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from stemloop.datasets.mixbus import EFFECTS, LIST_PARAMS, Effect, Feed, Node, Schema, Target, Value
 from stemloop.errors import ConfigError, read_yaml
+from stemloop.files import write_text_atomic
 
 SYNTHS = {"hiss": {"slope_db_oct"}, "hum": {"f0_hz", "harmonics", "tilt_db"},
           "crackle": {"density"}, "tape": set(), "roomtone": set()}
@@ -162,7 +165,11 @@ def schema_from_dict(data: Any, origin: str = "<schema>", base: Path | None = No
                               f"known: {', '.join(sorted(paths))}")
         targets.append(Target(str(name), spec["bus"], bool(spec.get("clean", False))))
     channels = int(reader.number(data.get("channels", 1), "channels", 1, 8))
-    return Schema(nodes, tuple(targets), reader.effects(data.get("post"), "post"), channels)
+    description = data.get("description") or ""
+    if not isinstance(description, str):
+        raise reader.fail("description", "must be text")
+    return Schema(nodes, tuple(targets), reader.effects(data.get("post"), "post"), channels,
+                  description)
 
 
 def _paths(nodes: tuple[Node, ...], prefix: str = "") -> set[str]:
@@ -178,3 +185,74 @@ def load_schema(path: str | Path) -> Schema:
     path = Path(path)
     data = read_yaml(path, "mix-bus schema")
     return schema_from_dict(data, str(path), path.parent)
+
+
+# ---------------------------------------------------------------- writing
+
+def write_schema(path: Path, schema: Schema, header: str = "") -> Path:
+    """``schema`` as YAML at ``path`` (atomically), after an optional comment ``header``."""
+    write_text_atomic(path, header + yaml.safe_dump(dump_schema(schema), sort_keys=False))
+    return path
+
+
+def dump_schema(schema: Schema) -> dict[str, Any]:
+    """The YAML mapping of ``schema``: ``schema_from_dict`` reads it back to an equal tree."""
+    out: dict[str, Any] = {}
+    if schema.description:
+        out["description"] = schema.description
+    out["channels"] = schema.channels
+    out["buses"] = [_dump_node(n) for n in schema.buses]
+    out["targets"] = {t.name: {"bus": t.bus, "clean": t.clean} for t in schema.targets}
+    if schema.post:
+        out["post"] = [_dump_effect(e) for e in schema.post]
+    return out
+
+
+def _span(bounds: tuple[float, float]) -> list[float]:
+    return [bounds[0], bounds[1]]
+
+
+def _dump_value(name: str, value: Value) -> Any:
+    if name in LIST_PARAMS or len(value) > 1:
+        return [_span(r) for r in value]
+    return _span(value[0])
+
+
+def _dump_effect(effect: Effect) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": effect.kind}
+    out.update((n, _dump_value(n, v)) for n, v in effect.params)
+    out["probability"] = effect.probability
+    if effect.dry is not None:
+        out["dry"] = effect.dry
+    return out
+
+
+def _dump_feed(feed: Feed) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if feed.synth is not None:
+        out["synth"] = feed.synth
+    elif feed.query:
+        out["query"] = {c: v[0] if len(v) == 1 else list(v) for c, v in feed.query}
+    else:
+        out["files"] = list(feed.files)
+    if feed.params:
+        out["params"] = {n: _dump_value(n, v) for n, v in feed.params}
+    if feed.group is not None:
+        out["group"] = feed.group
+    return out
+
+
+def _dump_node(node: Node) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": node.name, "probability": node.probability}
+    if node.layers != (1, 1):
+        out["layers"] = list(node.layers)
+    for key in ("lufs", "rel_db", "gain_db"):
+        if getattr(node, key) is not None:
+            out[key] = _span(getattr(node, key))
+    if node.effects:
+        out["effects"] = [_dump_effect(e) for e in node.effects]
+    if node.feed is not None:
+        out["feed"] = _dump_feed(node.feed)
+    else:
+        out["children"] = [_dump_node(c) for c in node.children]
+    return out

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import get_run_logger
 
 from stemloop import datasets
 from stemloop.config import Config
-from stemloop.datasets.adaptset import build_iteration, reference_speech
+from stemloop.datasets.adaptset import IterationDataset, build_iteration, reference_speech
+from stemloop.datasets.mixbus_yaml import load_schema
 from stemloop.tasks.caching import content_key
 from stemloop.tasks.results import cached_task
 
@@ -25,8 +25,9 @@ def _inputs(parameters: dict[str, Any]):
 
 @cached_task(name="build-dataset", cache_key_fn=content_key(_inputs))
 def build_dataset(stems: dict[str, str], iteration: int, config: Config, folder: str,
-                  matched: str, holdout_file: str, library: str | None = None) -> dict[str, Any]:
-    base = yaml.safe_load(Path(matched).read_text())
+                  matched: str, holdout_file: str, library: str | None = None
+                  ) -> IterationDataset:
+    base = load_schema(matched)
     voices = reference_speech(library, config.loop.reference_speech)
     if iteration == 0 and library and voices is None and config.loop.reference_speech == "natural":
         get_run_logger().warning(

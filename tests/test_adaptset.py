@@ -12,6 +12,7 @@ import yaml
 from stemloop.config import load_config
 from stemloop.datasets.adaptset import build_iteration
 from stemloop.datasets.audio import read_audio
+from stemloop.datasets.mixbus_yaml import dump_schema, load_schema, schema_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 8000
@@ -36,7 +37,7 @@ def stems(write_wav, leak_db: float, pauses: bool = True) -> dict[str, Path]:
 
 
 def build(tmp_path: Path, files: dict[str, Path]) -> dict:
-    schema = yaml.safe_load((ROOT / "configs" / "mixbus" / "dialogue.yaml").read_text())
+    schema = load_schema(ROOT / "configs" / "mixbus" / "dialogue.yaml")
     return build_iteration(files, "dialogue", 0, load_config(), tmp_path / "iter-000", schema,
                            tmp_path / "holdout.json")
 
@@ -104,7 +105,7 @@ def test_matched_reference_draws_natural_voices_only_when_the_library_has_them(t
     assert reference_speech(lone, "natural") is None      # one voice is not a reference
     assert reference_speech(None, "natural") is None
 
-    schema = yaml.safe_load((ROOT / "configs" / "mixbus" / "dialogue.yaml").read_text())
+    schema = load_schema(ROOT / "configs" / "mixbus" / "dialogue.yaml")
     build_iteration(stems(write_wav, -30.0), "dialogue", 0, load_config(), tmp_path / "it",
                     schema, tmp_path / "holdout.json", reference_speech(natural, "natural"))
     reference = yaml.safe_load((tmp_path / "reference.yaml").read_text())
@@ -127,7 +128,7 @@ def test_balance_puts_library_examples_at_the_recordings_levels_without_stacked_
     files = stems(write_wav, -30.0)
     dialogue_lufs = loudness(*read_audio(files["dialogue"]))
     background_lufs = loudness(*read_audio(files["background"]))
-    schema = yaml.safe_load((ROOT / "configs" / "mixbus" / "dialogue.yaml").read_text())
+    schema = load_schema(ROOT / "configs" / "mixbus" / "dialogue.yaml")
 
     def schemas(balance: bool, folder: str) -> tuple[dict, dict]:
         config = load_config(overrides=[f"loop.match_balance={str(balance).lower()}"])
@@ -163,16 +164,18 @@ def test_balance_puts_library_examples_at_the_recordings_levels_without_stacked_
     # a custom schema without a music bus keeps working: its voice is set, nothing else
     from stemloop.datasets.adaptset import match_balance
 
-    bare = {"buses": [{"name": "sources", "children": [
-        {"name": "voices", "children": [{"name": "host", "lufs": [-30, -20]}]}]},
-        {"name": "noise", "children": []}]}
-    match_balance(bare, (-20.0, -30.0), 0.7)
-    assert bare["buses"][0]["children"][0]["children"][0]["lufs"] == [-24.0, -16.0]
+    bare = schema_from_dict({"buses": [{"name": "sources", "children": [
+        {"name": "voices", "children": [{"name": "host", "lufs": [-30, -20],
+                                         "feed": {"files": ["host.wav"]}}]}]},
+        {"name": "noise", "children": []}], "targets": {"host": {"bus": "sources/voices"}}})
+    balanced = dump_schema(match_balance(bare, (-20.0, -30.0), 0.7))
+    assert balanced["buses"][0]["children"][0]["children"][0]["lufs"] == [-24.0, -16.0]
+    assert balanced["buses"][1] == dump_schema(bare)["buses"][1]
 
     # a recording with no culled background: library music is the only one, at its level
     from stemloop.datasets.adaptset import adaptation_schema
 
-    lone = adaptation_schema([], [], schema, "dialogue", 1.0, [], (-20.0, -30.0), 0.7,
-                             balance=True)
+    lone = dump_schema(adaptation_schema([], [], schema, "dialogue", 1.0, [], (-20.0, -30.0),
+                                         0.7, balance=True))
     assert node(lone, "sources", "music")["probability"] == 0.8
     assert node(lone, "sources", "music", "ensemble")["lufs"] == [-34.0, -26.0]
