@@ -178,6 +178,9 @@ def train(model: SeparatorModel, batches: Batches, val: list[tuple[torch.Tensor,
     while state["step"] < steps:
         step = state["step"] + 1
         mixture, sources = batches(step)
+        # Dropout (Spleeter's U-Nets) draws from torch's global generator: seeded per step,
+        # a rerun draws the same masks and a resumed run those it would have drawn.
+        torch.manual_seed(config.seed * 1_000_003 + step)
         terms = losses(model(mixture), sources, mixture, config.loss, model.sample_rate)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()

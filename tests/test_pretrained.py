@@ -124,3 +124,27 @@ def test_train_general_fine_tunes_spleeter_with_its_bottleneck_frozen(
     assert main([*argv[:-len(small)], "--config", "smoke", "--set",
                  "upscale.ladder=[8000,48000]"]) == 2  # one rate: it cannot climb a ladder
     assert "cannot climb upscale.ladder" in capsys.readouterr().err
+
+
+def test_fine_tuning_spleeter_twice_gives_the_same_weights(tmp_path):
+    """Its U-Nets have dropout layers: unseeded, two identical fine-tunes used to differ
+    (the loop's delivered stems changed from run to run). Training and resuming are seeded
+    per step now."""
+    from stemloop.adapt.train import Run, train
+    from stemloop.config import load_config
+    from tests.signals import toy_batch
+
+    config = load_config("smoke", ["train.val_every=2", "train.checkpoint_every=2"]).train
+
+    def batches(step):
+        mixture, sources = toy_batch(step, 1, RATE, 0.5)
+        return mixture, sources
+
+    val = [toy_batch(99, 1, RATE, 0.5)]
+    tuned = []
+    for name in ("first", "second"):
+        model = wheel_weights()
+        torch.manual_seed(len(name))  # whatever state the process happens to be in
+        train(model, batches, val, config, Run(tmp_path / name), steps=3)
+        tuned.append(model.state_dict())
+    assert all(torch.equal(tuned[0][k], tuned[1][k]) for k in tuned[0])
