@@ -18,8 +18,9 @@ LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_36 \
 
 # Debian packages used by the data engine (speech voices, natural recorded speech from four
 # Asterisk voices ~74 MB, music rendering, sox); the group after it is held-out material for
-# bench/demo_set.py (~38 MB download, ~80 MB installed); postgresql: the deployment test
-# starts a private server of its own (tests/postgres.py).
+# bench/demo_set.py (~38 MB download, ~80 MB installed), then the development set's real
+# recorded music and Czech/Dutch voice acting (~145 MB download); postgresql: the deployment
+# test starts a private server of its own (tests/postgres.py).
 DEBS := espeak-ng festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k flite \
         fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small \
         fillets-ng-data \
@@ -27,6 +28,7 @@ DEBS := espeak-ng festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k
         asterisk-prompt-it-menardi-wav \
         asterisk-core-sounds-en-wav asterisk-prompt-fr-armelle pocketsphinx-testdata \
         festival-czech festvox-czech-machac festvox-italp16k csound-soundfont sox \
+        warzone2100-music frozen-bubble-data fillets-ng-data-cs fillets-ng-data-nl \
         postgresql
 
 # pip's notes about this machine's optional local package mirrors are noise.

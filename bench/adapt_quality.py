@@ -123,6 +123,10 @@ def pairs_ordered(points: list[dict], part: str, min_gap: float = 0.1) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--names", nargs="*", help="demo mixtures (default: all)")
+    parser.add_argument("--half", choices=("tune", "report"),
+                        help="the development set's half (its split.json) instead of --names")
+    parser.add_argument("--peers", type=Path, default=Path("bench/out/peers.json"),
+                        help="bench/peers.py's output for the same set")
     parser.add_argument("--demo", type=Path, default=DEMO,
                         help="folder of <name>/mixture.flac + truth/ (default: the demo set)")
     parser.add_argument("--config", help="preset (default: the default config)")
@@ -139,10 +143,12 @@ def main() -> None:
         for row in summary["rows"]:
             print(row)
         return
-    names = args.names or sorted(p.name for p in args.demo.iterdir() if p.is_dir())
-    peers_file = Path("bench/out/peers.json")
-    peers = {r["mixture"]: r["peers"] for r in json.loads(peers_file.read_text())["rows"]} \
-        if peers_file.exists() else {}
+    if args.half:
+        names = json.loads((args.demo / "split.json").read_text())[args.half]
+    else:
+        names = args.names or sorted(p.name for p in args.demo.iterdir() if p.is_dir())
+    peers = {r["mixture"]: r["peers"] for r in json.loads(args.peers.read_text())["rows"]} \
+        if args.peers.exists() else {}
 
     def write(rows: list[dict]) -> dict:
         summary = summarise(rows, peers)

@@ -1,4 +1,4 @@
-"""Build the demo set for the adaptation-loop benchmark (issue 6): "unseen" recordings.
+"""Build the demo set (issue 6) or the development set (issue 19): "unseen" recordings.
 
 Each mixture is mono archival-style dialogue over music and noise, made only
 from material held out of the general model's labelled library (other voices,
@@ -10,11 +10,24 @@ Layout, per mixture::
     <out>/<name>/truth/{dialogue,music,noise}.flac
     <out>/<name>/meta.json                 voices, lines, score, degradation settings
 
-    python bench/demo_set.py [--out bench/out/demo-set] [--only NAME ...]
+    python bench/demo_set.py [--set demo|dev] [--out FOLDER] [--only NAME ...]
 
-Needs Debian: asterisk-core-sounds-en-wav asterisk-prompt-fr-armelle
-pocketsphinx-testdata festival-czech festvox-czech-machac festvox-italp16k
-csound-soundfont fluidsynth sox (all in the Makefile's DEBS).
+The demo set (six mixtures, 16/22.05 kHz, scores rendered by csound or a synth) needs
+Debian asterisk-core-sounds-en-wav asterisk-prompt-fr-armelle pocketsphinx-testdata
+festival-czech festvox-czech-machac festvox-italp16k csound-soundfont fluidsynth sox.
+
+The development set (issue 19; ``--set dev``, to ``bench/out/dev-set``) is harder and
+closer to a film archive: twelve mixtures of 22-60 s at 16, 22.05, 44.1 and 48 kHz whose
+music is **real recorded music** (the Warzone 2100 soundtracks by Martin Severn and others,
+``warzone2100-music``, GPL-2+; Frozen Bubble's music, ``frozen-bubble-data``, GPL-2) and
+whose voices are recorded: Czech and Dutch voice acting (two actors each,
+``fillets-ng-data-cs``/``-nl``, GPL-2), Armelle Desjardins' French prompts
+(``asterisk-prompt-fr-armelle``, BSD-style) and a LibriVox reading (``pocketsphinx-testdata``,
+public domain). None of it is in the general library (``datasets.evalsources.is_held_out``,
+checked when the library is built). It is split, before any tuning, into a tuning half and a
+report half (``DEV_SPLIT``, fixed here): decisions are made on the tuning half, every figure
+is reported on both. Allison's English prompts are left out of it: another encoding of the
+same recordings is reserved for an external check. All packages are in the Makefile's DEBS.
 """
 
 from __future__ import annotations
@@ -28,10 +41,10 @@ import soundfile as sf
 
 from stemloop.config import load_config
 from stemloop.datasets.archival_mix import STEMS, MixSpec, build_mixture, write_mixture
-from stemloop.datasets.evalsources import ALLISON, ARMELLE, CSOUND_SF2, LIBRIVOX
+from stemloop.datasets.evalsources import ALLISON, ARMELLE, CSOUND_SF2, LIBRIVOX, RECORDED_MUSIC
+from stemloop.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "bench" / "out" / "demo-set"
 SPECS = (
     MixSpec("radio-talk-en", 601, ("allison",), "joplin", "maple_leaf_rag.mxl", "sf_GMbank",
             30.0, 16000),
@@ -44,6 +57,54 @@ SPECS = (
     MixSpec("interview-en", 606, ("allison", "librivox"), "ryansMammoth", "AcaciaReel.abc",
             "pluck", 40.0, 16000),
 )
+# The development set (issue 19): real recorded music and recorded voices, 16 to 48 kHz.
+WZ_OST, WZ_LEGACY, WZ_AFTER = ("original_soundtrack", "legacy_soundtrack",
+                               "aftermath_soundtrack")
+DEV_SPECS = (
+    MixSpec("drama-cs-16k", 701, ("fillets-cs-m", "fillets-cs-v"), "warzone2100",
+            f"{WZ_OST}/track1.opus", "", 30.0, 16000),
+    MixSpec("drama-nl-16k", 702, ("fillets-nl-v", "fillets-nl-m"), "frozen-bubble",
+            "introzik.ogg", "", 34.0, 16000),
+    MixSpec("notice-fr-16k", 703, ("armelle",), "warzone2100", f"{WZ_AFTER}/track17.opus", "",
+            24.0, 16000),
+    MixSpec("reading-en-22k", 704, ("librivox",), "frozen-bubble", "frozen-mainzik-1p.ogg", "",
+            28.0, 22050),
+    MixSpec("drama-cs-22k", 705, ("fillets-cs-v", "fillets-cs-m"), "warzone2100",
+            f"{WZ_LEGACY}/track5.opus", "", 40.0, 22050),
+    MixSpec("drama-nl-22k", 706, ("fillets-nl-m", "fillets-nl-v"), "warzone2100",
+            f"{WZ_OST}/track2.opus", "", 45.0, 22050),
+    MixSpec("talk-fr-cs-44k", 707, ("armelle", "fillets-cs-v"), "warzone2100",
+            f"{WZ_AFTER}/track21.opus", "", 36.0, 44100),
+    MixSpec("drama-nl-44k", 708, ("fillets-nl-v", "fillets-nl-m"), "frozen-bubble",
+            "frozen-mainzik-2p.ogg", "", 50.0, 44100),
+    MixSpec("reading-en-nl-44k", 709, ("librivox", "fillets-nl-m"), "warzone2100",
+            f"{WZ_LEGACY}/track9.opus", "", 26.0, 44100),
+    MixSpec("drama-cs-48k", 710, ("fillets-cs-m", "fillets-cs-v"), "warzone2100",
+            f"{WZ_OST}/track3.opus", "", 60.0, 48000),
+    MixSpec("talk-fr-nl-48k", 711, ("armelle", "fillets-nl-v"), "warzone2100",
+            f"{WZ_AFTER}/track25.opus", "", 32.0, 48000),
+    MixSpec("drama-cs-nl-48k", 712, ("fillets-cs-v", "fillets-nl-m"), "warzone2100",
+            f"{WZ_LEGACY}/track13.opus", "", 22.0, 48000),
+)
+SOURCES = {  # what the development set is made of, and under which licences
+    "music": {"warzone2100-music": "GPL-2+ (Warzone 2100 soundtracks)",
+              "frozen-bubble-data": "GPL-2 (Frozen Bubble music)"},
+    "voices": {"fillets-ng-data-cs": "GPL-2 (Czech voice acting)",
+               "fillets-ng-data-nl": "GPL-2 (Dutch voice acting)",
+               "asterisk-prompt-fr-armelle": "BSD-style (Armelle Desjardins)",
+               "pocketsphinx-testdata": "public domain (LibriVox)"},
+    "noise": "synthesised by datasets/archival_mix.py (hiss, hum, crackle, clicks, dropouts)",
+}
+# Fixed before any tuning: both halves hold every rate, language and music source.
+DEV_SPLIT = {
+    "tune": ("drama-nl-16k", "notice-fr-16k", "drama-nl-22k", "talk-fr-cs-44k",
+             "reading-en-nl-44k", "drama-cs-nl-48k"),
+    "report": ("drama-cs-16k", "reading-en-22k", "drama-cs-22k", "drama-nl-44k",
+               "drama-cs-48k", "talk-fr-nl-48k"),
+}
+SETS = {"demo": (SPECS, ROOT / "bench" / "out" / "demo-set"),
+        "dev": (DEV_SPECS, ROOT / "bench" / "out" / "dev-set")}
+
 # The festival voices used here; a library manifest that names them is not held out.
 HELD_OUT_VOICES = ("czech_machac", "lp_diphone")
 DEFAULT_MANIFEST = ROOT / ".stemloop" / "library" / "manifest.parquet"
@@ -64,10 +125,14 @@ def check_held_out(specs: tuple[MixSpec, ...], manifest: Path | None = None) -> 
     if clash:
         raise SystemExit(f"{manifest} already holds {sorted(clash)}: not held out")
     for spec in specs:
+        if spec.composer in RECORDED_MUSIC:
+            continue  # recorded music: the library renders scores only
         if spec.composer in composers:
             raise SystemExit(f"{spec.name}: composer {spec.composer} is in the general "
                              f"library (mixbus.library.composers); pick another")
-    missing = [str(p) for p in (ALLISON, ARMELLE, LIBRIVOX, Path(CSOUND_SF2)) if not p.exists()]
+    needed = [ALLISON, ARMELLE, LIBRIVOX, Path(CSOUND_SF2), *(
+        RECORDED_MUSIC[s.composer][0] / s.score for s in specs if s.composer in RECORDED_MUSIC)]
+    missing = [str(p) for p in needed if not p.exists()]
     if missing:
         raise SystemExit(f"missing held-out material {missing}: run `make sysdeps` "
                          "(Debian packages in the Makefile's DEBS)")
@@ -92,22 +157,29 @@ def build(out: Path, specs: tuple[MixSpec, ...], manifest: Path | None = None) -
         error = verify(folder)
         assert error == 0.0, f"{spec.name}: stems do not sum to the mixture ({error:g})"
         print(f"{spec.name}: {spec.seconds:g} s at {spec.rate} Hz, {len(meta['lines'])} lines, "
-              f"{meta['music']['composer']} on {spec.font}, stems sum exactly "
+              f"{meta['music'].get('composer') or meta['music']['track']}"
+              f"{' on ' + spec.font if spec.font else ''}, stems sum exactly "
               f"({time.perf_counter() - start:.1f} s)", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--set", choices=sorted(SETS), default="demo", dest="which",
+                        help="the demo set (default) or the development set")
+    parser.add_argument("--out", type=Path, default=None, help="default: bench/out/<set>-set")
     parser.add_argument("--only", nargs="*", default=None, help="mixture names to build")
     parser.add_argument("--library-manifest", type=Path, default=DEFAULT_MANIFEST,
                         help="a built library's manifest.parquet to check against, if present")
     args = parser.parse_args()
-    specs = tuple(s for s in SPECS if args.only is None or s.name in args.only)
+    every, default_out = SETS[args.which]
+    out = args.out or default_out
+    specs = tuple(s for s in every if args.only is None or s.name in args.only)
     if not specs:
-        raise SystemExit(f"--only matches none of {[s.name for s in SPECS]}")
-    build(args.out, specs, args.library_manifest)
-    print(f"wrote {len(specs)} mixtures to {args.out}")
+        raise SystemExit(f"--only matches none of {[s.name for s in every]}")
+    build(out, specs, args.library_manifest)
+    if args.which == "dev":
+        write_json(out / "split.json", {**DEV_SPLIT, "sources": SOURCES})
+    print(f"wrote {len(specs)} mixtures to {out}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import soundfile as sf
 import torch
 
 from stemloop.datasets import augment
-from stemloop.datasets.evalsources import render_music, speech_line
+from stemloop.datasets.evalsources import RECORDED_MUSIC, recorded_music, render_music, speech_line
 
 STEMS = ("dialogue", "music", "noise")
 
@@ -30,9 +30,9 @@ class MixSpec:
     name: str
     seed: int
     voices: tuple[str, ...]     # speakers taking turns (datasets.evalsources.VOICES)
-    composer: str               # music21 corpus composer …
-    score: str                  # … and file name
-    font: str                   # sf_GMbank | pluck | reed
+    composer: str               # music21 corpus composer … (or a recorded-music source)
+    score: str                  # … and file name (or the track under that source's folder)
+    font: str                   # sf_GMbank | pluck | reed ("" for recorded music)
     seconds: float = 30.0
     rate: int = 16000
 
@@ -114,8 +114,12 @@ def build_mixture(spec: MixSpec) -> tuple[dict[str, np.ndarray], dict[str, Any]]
     frames = int(spec.seconds * spec.rate)
     p = _draw(rng)
     speech, lines = _dialogue(spec, rng, frames)
-    music, music_meta = render_music(spec.composer, spec.score, spec.font, spec.rate,
-                                     spec.seconds, rng)
+    if spec.composer in RECORDED_MUSIC:
+        music, music_meta = recorded_music(spec.composer, spec.score, spec.rate, spec.seconds,
+                                           rng)
+    else:
+        music, music_meta = render_music(spec.composer, spec.score, spec.font, spec.rate,
+                                         spec.seconds, rng)
     dialogue = augment.convolve(torch.from_numpy(speech),
                                 _room(np_rng, p["room_rt60_s"], spec.rate), p["room_wet"])
     score = augment.convolve(torch.from_numpy(music),

@@ -50,7 +50,47 @@ ITALIAN = ["Buona sera, signore e signori, e benvenuti al nostro programma.",
            "Parla piano, per favore, stiamo registrando.",
            "In piazza suonava la banda e tutti ballavano.",
            "Il vecchio proiettore si era fermato a metà del film."]
-VOICES = ("allison", "armelle", "librivox", "czech", "italian")
+# Czech and Dutch voice acting (fillets-ng-data-cs/-nl, GPL-2): the small fish ("m") and the
+# big fish ("v") are two actors per language; the library speaks only the English acting.
+FILLETS = Path("/usr/share/games/fillets-ng/sound")
+ACTED = {f"fillets-{lang}-{who}": (lang, who) for lang in ("cs", "nl") for who in ("m", "v")}
+VOICES = ("allison", "armelle", "librivox", "czech", "italian", *ACTED)
+# Real recorded music (game soundtracks); the library renders scores only.
+RECORDED_MUSIC = {  # source: (folder, Debian package, licence)
+    "warzone2100": (Path("/usr/share/games/warzone2100/music/albums"), "warzone2100-music",
+                    "GPL-2+"),
+    "frozen-bubble": (Path("/usr/share/games/frozen-bubble/snd"), "frozen-bubble-data",
+                      "GPL-2"),
+}
+# Every folder of held-out material (glob patterns): a library that reads from one is not
+# held out (``is_held_out``).
+HELD_OUT_FOLDERS = (str(ALLISON), str(ARMELLE), str(LIBRIVOX),
+                    *(str(FILLETS / "*" / lang) for lang in ("cs", "nl")),
+                    *(str(folder) for folder, _, _ in RECORDED_MUSIC.values()))
+
+
+# Reserved for an external check: never built, trained, tuned or tested on (Wesnoth's music,
+# KLettres' recordings, alsa-utils' sounds, Asterisk's G.722 English prompts).
+RESERVED = ("*wesnoth*/music/*", "*klettres*", "/usr/share/sounds/alsa/*", "*.g722")
+
+
+def check_not_evaluation(paths: list[str | Path], what: str) -> None:
+    """Refuse (ValueError) ``what`` if any of ``paths`` is held-out or reserved material."""
+    from fnmatch import fnmatch
+
+    bad = [str(p) for p in paths
+           if is_held_out(p) or any(fnmatch(str(p), pattern) for pattern in RESERVED)]
+    if bad:
+        raise ValueError(f"{what} would use evaluation material: {bad[:3]} "
+                         f"({len(bad)} files; see datasets/evalsources.py)")
+
+
+def is_held_out(path: str | Path) -> bool:
+    """Whether ``path`` is evaluation material (the demo and development sets' sources)."""
+    from fnmatch import fnmatch
+
+    text = str(path)
+    return any(fnmatch(text, f"{folder}/*") for folder in HELD_OUT_FOLDERS)
 
 
 def _resample(x: np.ndarray, rate_in: int, rate: int) -> np.ndarray:
@@ -129,6 +169,11 @@ def speech_line(voice: str, rng: random.Random, rate: int) -> tuple[np.ndarray, 
         text = rng.choice(ITALIAN)
         line = _festival("lp_diphone", text, "latin-1", rate)
         meta = {"package": "festvox-italp16k", "text": text}
+    elif voice in ACTED:
+        lang, who = ACTED[voice]
+        files = sorted(FILLETS.glob(f"*/{lang}/*-{who}-*.ogg"))
+        line, names = _prompt_line(files, rng, rng.uniform(2.5, 6.0), rate)
+        meta = {"package": f"fillets-ng-data-{lang}", "files": names}
     else:
         raise ValueError(f"unknown voice {voice!r}; choose from {VOICES}")
     return line / (np.sqrt(np.mean(line**2)) + 1e-9), {"voice": voice, **meta}
@@ -235,3 +280,20 @@ def render_music(composer: str, score: str, font: str, rate: int, seconds: float
                 mix[at: at + len(note)] += note[: len(mix) - at]
     mix = mix[:frames]
     return mix / (np.sqrt(np.mean(mix**2)) + 1e-9), meta
+
+
+def recorded_music(source: str, track: str, rate: int, seconds: float, rng: random.Random
+                   ) -> tuple[np.ndarray, dict]:
+    """An excerpt of a recorded track (``RECORDED_MUSIC[source]``'s folder / ``track``), mono
+    at ``rate``, RMS 1, ``seconds`` long from a drawn start at least 5 s in."""
+    folder, package, licence = RECORDED_MUSIC[source]
+    path = folder / track
+    info = sf.info(str(path))
+    start = rng.uniform(5.0, max(5.0, info.duration - seconds - 5.0))
+    first = int(start * info.samplerate)
+    data, file_rate = sf.read(str(path), start=first, frames=int((seconds + 1) * info.samplerate),
+                              dtype="float64", always_2d=True)
+    music = _resample(data.mean(axis=1), file_rate, rate)[: int(seconds * rate)]
+    meta = {"source": source, "track": track, "start_s": round(start, 2), "package": package,
+            "licence": licence}
+    return music / (np.sqrt(np.mean(music**2)) + 1e-9), meta

@@ -26,6 +26,7 @@ import soundfile as sf
 import torch
 
 from stemloop.datasets.audio import loudness, write_audio
+from stemloop.datasets.evalsources import check_not_evaluation
 from stemloop.datasets.sentences import sentences
 
 FESTIVAL_VOICES = {"cmu_us_slt_arctic_hts": "female", "kal_diphone": "male",
@@ -160,6 +161,7 @@ def recorded_clips(seed: int = 0) -> list[RecordedClip]:
         if (ASTERISK_DIR / name).is_dir():
             sources.append(_natural_clips(ASTERISK_DIR / name, NATURAL_CLIP_S))
     for clips in sources:
+        check_not_evaluation([f for clip in clips for f in clip.sources], "the library's speech")
         rng.shuffle(clips)
     longest = max((len(c) for c in sources), default=0)
     return [c[i] for i in range(longest) for c in sources if i < len(c)]

@@ -49,3 +49,51 @@ def test_demo_set_composers_are_held_out_of_the_library() -> None:
     with pytest.raises(SystemExit, match="composer bach"):
         demo_set.check_held_out((MixSpec("x", 1, ("allison",), "bach", "bwv66.6.mxl",
                                          "pluck"),))
+
+
+DEV = [s for s in demo_set.DEV_SPECS if s.name == "drama-cs-nl-48k"][0]
+
+
+@pytest.mark.skipif(not demo_set.RECORDED_MUSIC["warzone2100"][0].is_dir(),
+                    reason="the development set's Debian packages are missing: make sysdeps")
+def test_a_development_mixture_has_real_recorded_music_and_exact_truth(tmp_path: Path) -> None:
+    """Real recorded music (an excerpt of a soundtrack), Czech and Dutch acting, 48 kHz."""
+    spec = MixSpec(**{**DEV.__dict__, "seconds": 8.0})
+    stems, meta = build_mixture(spec)
+    write_mixture(stems, meta, tmp_path / "mixture.flac", tmp_path / "truth")
+    assert demo_set.verify(tmp_path) == 0.0
+    assert sf.info(str(tmp_path / "mixture.flac")).samplerate == 48000
+    assert meta["music"]["package"] == "warzone2100-music" and meta["music"]["start_s"] >= 5
+    assert {line["package"] for line in meta["lines"]} <= {"fillets-ng-data-cs",
+                                                           "fillets-ng-data-nl"}
+    assert all(np.sqrt(np.mean(stems[name] ** 2)) > 1e-4 for name in STEMS)
+
+
+def test_the_development_split_is_fixed_and_balanced() -> None:
+    """Twelve mixtures of 20-60 s, two disjoint halves of six, each with every rate, every
+    language and both music sources; none uses Allison's prompts (reserved elsewhere)."""
+    specs = {s.name: s for s in demo_set.DEV_SPECS}
+    tune, report = (set(demo_set.DEV_SPLIT[k]) for k in ("tune", "report"))
+    assert len(specs) == 12 and tune | report == set(specs) and not tune & report
+    assert len(tune) == len(report) == 6
+    for half in (tune, report):
+        assert {specs[n].rate for n in half} == {16000, 22050, 44100, 48000}
+        assert {specs[n].composer for n in half} == {"warzone2100", "frozen-bubble"}
+        langs = {v.split("-")[1] if v.startswith("fillets") else v
+                 for n in half for v in specs[n].voices}
+        assert {"cs", "nl", "armelle", "librivox"} <= langs
+    assert all(20 <= s.seconds <= 60 and "allison" not in s.voices for s in specs.values())
+
+
+def test_evaluation_material_never_enters_the_library() -> None:
+    from stemloop.datasets.evalsources import check_not_evaluation, is_held_out
+    from stemloop.datasets.speech import recorded_clips
+
+    assert not any(is_held_out(f) for clip in recorded_clips() for f in clip.sources)
+    for path in ("/usr/share/games/fillets-ng/sound/city/cs/vit-m-a.ogg",
+                 "/usr/share/games/warzone2100/music/albums/x/track1.opus",
+                 "/usr/share/sounds/alsa/Front_Center.wav", "/usr/share/x/ok.g722",
+                 "/usr/share/games/wesnoth/1.18/data/core/music/x.ogg"):
+        with pytest.raises(ValueError, match="evaluation material"):
+            check_not_evaluation([path], "the library")
+    check_not_evaluation(["/usr/share/games/fillets-ng/sound/city/en/vit-m-a.ogg"], "ok")
