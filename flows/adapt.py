@@ -26,13 +26,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from stemloop.adapt.checkpoint import load_checkpoint
 from stemloop.adapt.plots import curves_png, iterations_png, spectrogram_png
 from stemloop.adapt.quality import best_iteration, should_stop
-from stemloop.adapt.separate import GENERAL_MODEL, input_stats, shipped_model
+from stemloop.adapt.separate import input_stats
 from stemloop.config import Config, load_config
 from stemloop.datasets.audio import probe, read_audio, write_audio
-from stemloop.errors import UserError
 from stemloop.files import atomic_path, write_json
 from stemloop.names import HOLDOUT, MATCHED_SI_SDR, PSEUDO_SI_SDR, QUALITY, truth_si_sdr
 from stemloop.tasks.caching import file_digest
@@ -42,7 +40,7 @@ from stemloop.tasks.library import ensure_library
 from stemloop.tasks.match import match_schema
 from stemloop.tasks.score import score_iteration
 from stemloop.tasks.separate import separate_file
-from stemloop.tasks.state import check_run_name, resolve_model, run_lock, state_dir
+from stemloop.tasks.state import check_run_name, general_models, run_lock, state_dir
 from stemloop.tasks.tracking import Tracker, config_params
 
 
@@ -176,22 +174,6 @@ def run_folder(config: Config, recording: str, digest: str, run_name: str | None
     name = check_run_name(run_name) or "run-" + hashlib.sha256(identity.encode()).hexdigest()[:8]
     return state_dir(config) / "runs" / f"{slug}-{digest[:8]}" / name
 
-
-
-def general_models(config: Config, rate: int) -> tuple[str, str]:
-    """The model to fine-tune (working rate) and the one to separate with at ``rate``:
-    ``loop.model`` when set (one model for both), else the shipped general model's rungs."""
-    if config.loop.model:
-        model = resolve_model(config.loop.model, config)
-        load_checkpoint(model)  # a missing or unusable file: one line naming it
-        return model, model
-    working = shipped_model(config.loop.working_rate)  # a one-rate model: its only rung
-    if working is None:
-        raise UserError(f"{GENERAL_MODEL}: the general model is missing; train it with "
-                        f"`stemloop train-general --out models/{GENERAL_MODEL.name} --init "
-                        "spleeter --config general-spleeter` or pass --set loop.model=CHECKPOINT")
-    own = GENERAL_MODEL / f"model-{rate}.pt"
-    return str(working), str(own if own.is_file() else working)
 
 
 def _log_iteration(tracker: Tracker, child: str | None, parent: str | None,

@@ -48,6 +48,26 @@ def resolve_model(model: str | None, config: Config | None = None) -> str | None
     return model
 
 
+def general_models(config: Config, rate: int) -> tuple[str, str]:
+    """The model to fine-tune (working rate) and the one to separate with at ``rate``:
+    ``loop.model`` when set (one model for both), else the shipped general model's rungs.
+    A missing or unusable file is a one-line UserError, before Prefect starts."""
+    from stemloop.adapt.checkpoint import load_checkpoint  # torch: only when needed
+    from stemloop.adapt.separate import GENERAL_MODEL, shipped_model
+
+    if config.loop.model:
+        model = resolve_model(config.loop.model, config)
+        load_checkpoint(model)  # a missing or unusable file: one line naming it
+        return model, model
+    working = shipped_model(config.loop.working_rate)  # a one-rate model: its only rung
+    if working is None:
+        raise UserError(f"{GENERAL_MODEL}: the general model is missing; train it with "
+                        f"`stemloop train-general --out models/{GENERAL_MODEL.name} --init "
+                        "spleeter --config general-spleeter` or pass --set loop.model=CHECKPOINT")
+    own = GENERAL_MODEL / f"model-{rate}.pt"
+    return str(working), str(own if own.is_file() else working)
+
+
 def tracking_uri(state: Path, config: Config | None = None) -> str:
     if config and config.tracking.uri:
         return config.tracking.uri

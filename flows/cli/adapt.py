@@ -35,7 +35,13 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from stemloop.adapt.separate import input_stats
     from stemloop.config import load_config
     from stemloop.datasets.audio import check_output_dir
-    from stemloop.tasks.state import check_run_name, start_prefect, state_dir, use_state_dir
+    from stemloop.tasks.state import (
+        check_run_name,
+        general_models,
+        start_prefect,
+        state_dir,
+        use_state_dir,
+    )
 
     config = load_config(args.config, args.overrides)
     stats = input_stats(args.recording, config)  # NaN, length, channels: one line, up front
@@ -44,13 +50,11 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         err.print(f"stemloop: warning: {note}")
     if args.reference and not Path(args.reference).is_dir():
         raise UserError(f"{args.reference}: --reference must be a folder of stems")
+    models = general_models(config, stats.info.sample_rate)  # a missing model: one line
     state = use_state_dir(state_dir(config), config)
     start_prefect(state)
     check_output_dir(state / "runs")
-    from stemloop.flows.adapt import adapt_recording, general_models
-
-    models = general_models(config, stats.info.sample_rate)  # a missing model: one line
-    from stemloop.flows.adapt import run_folder
+    from stemloop.flows.adapt import adapt_recording, run_folder
     from stemloop.tasks.caching import file_digest
     from stemloop.tasks.state import check_run_free
 
