@@ -29,6 +29,7 @@ DEBS := espeak-ng festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k
         asterisk-core-sounds-en-wav asterisk-prompt-fr-armelle pocketsphinx-testdata \
         festival-czech festvox-czech-machac festvox-italp16k csound-soundfont sox \
         warzone2100-music frozen-bubble-data fillets-ng-data-cs fillets-ng-data-nl \
+        flare-game hedgewars-data \
         postgresql
 
 # pip's notes about this machine's optional local package mirrors are noise.

@@ -30,15 +30,16 @@ from stemloop.files import atomic_path, write_text_atomic
 from stemloop.names import MANIFEST
 
 # What a library holds, bumped when a rebuild would add material: 1 synthetic and acted
-# voices; 2 also natural recorded voices (Asterisk prompts; the matched reference's voices).
-RECIPE = 2
+# voices; 2 also natural recorded voices (Asterisk prompts; the matched reference's voices);
+# 3 also real recorded music (produced game soundtracks, ``datasets/recorded_music.py``).
+RECIPE = 3
 NOISE_KINDS = ("hiss", "hum", "crackle", "tape", "roomtone")
 Progress = Callable[[str, float], None]  # (class, seconds or files just added)
 
 
 @dataclass(frozen=True)
 class Job:
-    kind: str          # speech | recorded | music | noise | room
+    kind: str          # speech | recorded | music | track | noise | room
     job_id: str
     seed: int
     estimate_s: float  # audio seconds the job is expected to add
@@ -130,6 +131,11 @@ def _run_job(job: Job, out: str, cfg: LibraryConfig) -> tuple[list[dict[str, Any
                              cfg.render_timeout_s)
     elif job.kind == "recorded":
         rows = import_recorded(job.job_id, job.args[0], out_dir, cfg.lufs)
+    elif job.kind == "track":
+        from stemloop.datasets.recorded_music import import_excerpt
+
+        rows = import_excerpt(job.job_id, job.seed, job.args[0], out_dir, cfg.music_rate,
+                              cfg.lufs)
     elif job.kind == "music":
         rows = render_piece(job.job_id, job.seed, out_dir, job.args[0], cfg.music_rate,
                             cfg.piece_max_s, cfg.render_timeout_s, cfg.lufs)
@@ -141,7 +147,7 @@ def _run_job(job: Job, out: str, cfg: LibraryConfig) -> tuple[list[dict[str, Any
     return rows, time.perf_counter() - start
 
 
-_KIND_SALT = {"speech": 1, "recorded": 2, "music": 3, "noise": 4, "room": 5}
+_KIND_SALT = {"speech": 1, "recorded": 2, "music": 3, "noise": 4, "room": 5, "track": 6}
 
 
 def _job(kind: str, seed: int, index: int, estimate: float, args: tuple = ()) -> Job:
@@ -165,6 +171,22 @@ def _speech_jobs(seed: int, cfg: LibraryConfig) -> Iterator[Job]:
         index += 1
 
 
+def _music_jobs(seed: int, scores: dict[str, list[str]], cfg: LibraryConfig) -> Iterator[Job]:
+    """Rendered score excerpts, with recorded tracks' excerpts (if installed) as every
+    other job until used up."""
+    from stemloop.datasets.recorded_music import recorded_excerpts
+
+    tracks = recorded_excerpts(seed, cfg.piece_max_s) if cfg.recorded_music else []
+    index = 0
+    while True:
+        if tracks and index % 2 == 1:
+            excerpt = tracks.pop(0)
+            yield _job("track", seed, index, excerpt.seconds, (excerpt,))
+        else:
+            yield _job("music", seed, index, cfg.piece_max_s, (scores,))
+        index += 1
+
+
 def _streams(hours: float, seed: int, cfg: LibraryConfig) -> dict[str, tuple[float, Iterator]]:
     """Per class: its budget (seconds of audio, or files) and its stream of jobs."""
     from stemloop.datasets.music import score_paths
@@ -177,7 +199,7 @@ def _streams(hours: float, seed: int, cfg: LibraryConfig) -> dict[str, tuple[flo
     n_rooms = max(4, round(cfg.rooms_per_hour * hours))
     noise = (_job("noise", seed, i, 1.0, (NOISE_KINDS[i % len(NOISE_KINDS)],))
              for i in range(n_noise))
-    music = (_job("music", seed, i, cfg.piece_max_s, (scores,)) for i in range(10**9))
+    music = _music_jobs(seed, scores, cfg)
     rooms = (_job("room", seed, i, 1.0) for i in range(n_rooms))
     return {"speech": (hours * 3600, _speech_jobs(seed, cfg)),
             "music": (hours * 3600, music), "noise": (float(n_noise), noise),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,7 +33,8 @@ def test_manifest_has_every_class_and_valid_rows(tiny_library):
     assert all((tiny_library / p).is_file() for p in manifest["path"])
     assert set(manifest["subclass"][manifest["class"] == "noise"]) >= {"hiss", "hum", "crackle"}
     music = manifest[manifest["class"] == "music"]
-    assert (music.groupby("piece")["part"].count() >= 2).all()  # stems, not mixes
+    rendered = music[music["subclass"] != "recorded"]
+    assert (rendered.groupby("piece")["part"].count() >= 2).all()  # stems, not mixes
     assert (manifest["rt60"][manifest["class"] == "room"] > 0).all()
     summary = json.loads((tiny_library / "library.json").read_text())
     assert summary["classes"]["speech"]["files"] >= 1
@@ -182,3 +184,45 @@ def test_recorded_voices_are_joined_into_clips_and_interleaved(tmp_path, monkeyp
     assert got == rate and rows[0]["subclass"] == "natural" and rows[0]["language"] == "xx"
     assert 3 * 3.5 + 2 * speech.NATURAL_GAP_S - 0.5 < len(audio) / rate <= 3 * 3.5 + 0.6
     assert abs(rows[0]["loudness"] + 23.0) < 0.5
+
+
+def test_recorded_music_is_cut_into_excerpts_and_held_out_music_refused(tmp_path, monkeypatch):
+    """Each track becomes excerpts (a short tail kept as its own), packages interleave, an
+    excerpt lands in the library at its loudness as a one-stem piece with its licence; a
+    package folder inside the evaluation material is refused."""
+    import soundfile as sf
+
+    import stemloop.datasets.recorded_music as recorded
+    from stemloop.datasets.evalsources import RECORDED_MUSIC
+
+    rate = 22050
+    for package, seconds in (("a", (25.0, 5.0)), ("b", (12.0,))):
+        folder = tmp_path / package
+        folder.mkdir()
+        for i, length in enumerate(seconds):
+            t = np.arange(int(length * rate)) / rate
+            stereo = np.stack([0.3 * np.sin(2 * np.pi * 220 * t), 0.1 * np.sin(t * 900)], 1)
+            sf.write(folder / f"track{i}.ogg", stereo, rate)
+    monkeypatch.setattr(recorded, "LIBRARY_MUSIC", {
+        "pkg-a": (tmp_path / "a", "*.ogg", "licence A"),
+        "pkg-b": (tmp_path / "b", "*.ogg", "licence B")})
+    excerpts = recorded.recorded_excerpts(seed=1, excerpt_s=10.0)
+    # a/track0 (25 s): 10 + 10 s, its 5 s tail (under MIN_EXCERPT_S) dropped; a/track1
+    # (5 s): shorter than the minimum, kept whole; b/track0 (12 s): 10 s, 2 s dropped
+    spans = sorted((Path(e.path).parent.name, Path(e.path).name, e.start_s, round(e.seconds, 2))
+                   for e in excerpts)
+    assert spans == [("a", "track0.ogg", 0.0, 10.0), ("a", "track0.ogg", 10.0, 10.0),
+                     ("a", "track1.ogg", 0.0, 5.0), ("b", "track0.ogg", 0.0, 10.0)]
+    assert {excerpts[0].package, excerpts[1].package} == {"pkg-a", "pkg-b"}
+
+    rows = recorded.import_excerpt("tr0-00001", 7, excerpts[0], tmp_path / "lib", 16000, -23.0)
+    assert len(rows) == 1 and rows[0]["subclass"] == "recorded" and rows[0]["class"] == "music"
+    assert rows[0]["licence"].startswith("licence") and rows[0]["piece"] == "tr0-00001"
+    audio, got = sf.read(tmp_path / "lib" / rows[0]["path"])
+    assert got == 16000 and audio.ndim == 1 and abs(len(audio) / got - excerpts[0].seconds) < 0.01
+    assert abs(rows[0]["loudness"] + 23.0) < 0.5
+
+    held_out = next(iter(RECORDED_MUSIC.values()))[0]
+    monkeypatch.setattr(recorded, "LIBRARY_MUSIC", {"x": (held_out, "*", "?")})
+    with pytest.raises(ValueError, match="evaluation material"):
+        recorded.recorded_excerpts(seed=0, excerpt_s=10.0)

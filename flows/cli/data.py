@@ -24,7 +24,8 @@ def add_data_commands(sub: argparse._SubParsersAction,
         description="Render a labelled library offline: TTS speech (festival, flite, "
                     "espeak-ng) and, when their Debian packages are installed, recorded "
                     "speech (four Asterisk voices, fillets-ng voice acting), music stems "
-                    "(music21 scores through FluidSynth), synthetic noise and simulated "
+                    "(music21 scores through FluidSynth) and, when installed, recorded "
+                    "soundtracks (flare-game, hedgewars-data), synthetic noise and simulated "
                     "rooms, with manifest.parquet. Settings: mixbus.library in the config.")
     cmd.add_argument("--out", required=True, help="library folder (created)")
     cmd.add_argument("--hours", type=float, default=1.0,
