@@ -27,7 +27,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from stemloop.adapt.plots import curves_png, iterations_png, spectrogram_png
-from stemloop.adapt.quality import best_iteration, should_stop
+from stemloop.adapt.quality import delivered_iteration, should_stop
 from stemloop.adapt.separate import input_stats
 from stemloop.config import Config, load_config
 from stemloop.datasets.audio import probe, read_audio, write_audio
@@ -197,7 +197,7 @@ def deliver(run_dir: Path, history: list[dict[str, float]], stems: list[dict[str
             stopped: str, recording: str, digest: str, parent: str | None, started: float,
             config: Config) -> dict[str, Any]:
     """Copy the best iteration's stems to ``final/``; write report.json and the figures."""
-    best = best_iteration([h[QUALITY] for h in history])
+    best = delivered_iteration(history, config.loop.own_voice_guard_db)
     final = run_dir / "final"
     final.mkdir(parents=True, exist_ok=True)
     delivered = {}

@@ -22,7 +22,7 @@ import pandas as pd
 import soundfile as sf
 
 from stemloop.adapt.plots import curves_png
-from stemloop.adapt.quality import best_iteration
+from stemloop.adapt.quality import delivered_iteration
 from stemloop.errors import UserError
 from stemloop.names import PSEUDO_SI_SDR, QUALITY, TRUTH_PREFIX, truth_si_sdr
 
@@ -52,7 +52,12 @@ def _run_row(client, run) -> dict[str, Any]:
            "started": pd.Timestamp(run.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M")}
     if quality:
         steps = sorted(quality)
-        best = steps[best_iteration([quality[s] for s in steps])]
+        pseudo = {m.step: m.value for m in client.get_metric_history(run.info.run_id,
+                                                                     PSEUDO_SI_SDR)}
+        guard = run.data.params.get("loop.own_voice_guard_db", "None")
+        best = steps[delivered_iteration(
+            [{QUALITY: quality[s], **({PSEUDO_SI_SDR: pseudo[s]} if s in pseudo else {})}
+             for s in steps], None if guard == "None" else float(guard))]
         target = run.data.params.get("loop.target", "dialogue")
         truth = {m.step: m.value for m in client.get_metric_history(
             run.info.run_id, truth_si_sdr(target))}

@@ -180,6 +180,7 @@ class LoopConfig(Section):
     reference_examples: int = Field(default=32, ge=1, le=10_000)
     reference_speech: Literal["natural", "all"] = "natural"
     upscale: bool
+    own_voice_guard_db: float | None = Field(default=0.5, ge=0.0, le=100.0)
     guidance: GuidanceConfig
 
 

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from stemloop.adapt.quality import best_iteration, should_stop
+from stemloop.adapt.quality import best_iteration, delivered_iteration, should_stop
+from stemloop.names import PSEUDO_SI_SDR, QUALITY
 
 
 @pytest.mark.parametrize("history,patience,expected", [
@@ -34,3 +35,22 @@ def test_best_iteration_is_not_the_last():
     assert best_iteration([math.nan, -1.0]) == 1
     with pytest.raises(ValueError):
         best_iteration([])
+
+
+def _history(*pairs: tuple[float, float]) -> list[dict[str, float]]:
+    return [{QUALITY: q, PSEUDO_SI_SDR: p} for q, p in pairs]
+
+
+def test_delivery_skips_iterations_that_lost_the_recordings_own_voice():
+    # drama-cs-nl-48k (development set, tuning half): the estimate rose, the truth fell
+    # 15.05 -> 14.80 -> 14.64, and the pseudo-reference fell 3.63 -> 1.88 -> 1.83
+    history = _history((19.71, 3.63), (19.85, 1.88), (20.04, 1.83))
+    assert delivered_iteration(history, None) == 2
+    assert delivered_iteration(history, 0.5) == 0
+    assert delivered_iteration(history, 2.0) == 2
+    # notice-fr-16k: both rose, the truth too (12.33 -> 13.15): the guard changes nothing
+    assert delivered_iteration(_history((16.44, 6.08), (17.78, 6.28), (18.17, 6.95)), 0.5) == 2
+    # a dip within the guard is allowed; no pseudo-reference (nothing held out): no guard
+    assert delivered_iteration(_history((10.0, 5.0), (11.0, 4.6)), 0.5) == 1
+    assert delivered_iteration([{QUALITY: 10.0}, {QUALITY: 11.0}], 0.5) == 1
+    assert delivered_iteration(_history((10.0, math.nan), (11.0, 1.0)), 0.5) == 1
