@@ -144,7 +144,11 @@ def main() -> None:
             print(row)
         return
     if args.half:
-        names = json.loads((args.demo / "split.json").read_text())[args.half]
+        split = args.demo / "split.json"
+        if not split.is_file():
+            raise SystemExit(f"{split}: no split; --half needs the development set "
+                             "(--demo bench/out/dev-set, built by demo_set.py --set dev)")
+        names = json.loads(split.read_text())[args.half]
     else:
         names = args.names or sorted(p.name for p in args.demo.iterdir() if p.is_dir())
     peers = {r["mixture"]: r["peers"] for r in json.loads(args.peers.read_text())["rows"]} \

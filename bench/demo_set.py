@@ -126,7 +126,7 @@ def check_held_out(specs: tuple[MixSpec, ...], manifest: Path | None = None) -> 
         raise SystemExit(f"{manifest} already holds {sorted(clash)}: not held out")
     for spec in specs:
         if spec.composer in RECORDED_MUSIC:
-            continue  # recorded music: the library renders scores only
+            continue  # recorded: the library's own recordings are other packages (guarded)
         if spec.composer in composers:
             raise SystemExit(f"{spec.name}: composer {spec.composer} is in the general "
                              f"library (mixbus.library.composers); pick another")

@@ -190,8 +190,12 @@ def load_schema(path: str | Path) -> Schema:
 # ---------------------------------------------------------------- writing
 
 def write_schema(path: Path, schema: Schema, header: str = "") -> Path:
-    """``schema`` as YAML at ``path`` (atomically), after an optional comment ``header``."""
-    write_text_atomic(path, header + yaml.safe_dump(dump_schema(schema), sort_keys=False))
+    """``schema`` as YAML at ``path`` (atomically), after an optional comment ``header``.
+    The tree is validated as it will be read back first, so a value an edit put out of range
+    (a matched level below the schema's floor) is a one-line error here, not at first use."""
+    data = dump_schema(schema)
+    schema_from_dict(data, str(path), path.parent)
+    write_text_atomic(path, header + yaml.safe_dump(data, sort_keys=False))
     return path
 
 

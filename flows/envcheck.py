@@ -1,6 +1,6 @@
 """Is this environment the one the project is tested with? One line either way.
 
-Run by `make install` as its last step (`python -m flows.envcheck`) and by the test suite.
+Run by `make install` as its last step (`python -m stemloop.flows.envcheck`) and by the test suite.
 It checks two things, standard library only, so that it runs in a broken venv:
 
 * every package pinned in requirements.lock is installed at the locked version, and nothing
@@ -150,7 +150,8 @@ def check(lock: Path | None, modules: Sequence[str]) -> tuple[bool, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flows.envcheck", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m stemloop.flows.envcheck",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--lock", type=Path, default=LOCK, help="the lock to compare with")
     p.add_argument("--no-lock", action="store_true", help="only check that native pieces load")
     p.add_argument(

@@ -19,5 +19,5 @@ def truth_si_sdr(stem: str) -> str:
 
 # Files.
 MANIFEST = "manifest.parquet"  # a library folder's table of clips
-HOLDOUT = "holdout.json"  # a run's held-out segments (datasets.holdout.Holdout)
+HOLDOUT = "holdout.json"  # a run's held-out segments (stemloop.datasets.adaptset.Holdout)
 SEPARATION_RECORD = "separation.json"  # a stems folder's record (adapt.separate)

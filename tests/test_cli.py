@@ -149,3 +149,12 @@ def test_run_names_are_plain_names(capsys, tmp_path, write_wav, name):
     with pytest.raises(UserError):
         check_run_name(name)
     assert check_run_name("take-2_v1.0") == "take-2_v1.0"
+
+
+def test_upscale_of_a_model_that_cannot_be_upscaled_is_one_line_and_exit_2(capsys, tmp_path):
+    shipped = Path(__file__).parents[1] / "models" / "general-dialogue-v3" / "model-44100.pt"
+    code, out, err = run(capsys, "upscale", str(shipped), "--to", "48000",
+                         "--out", str(tmp_path / "up"))
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "cannot be upscaled" in err
+    assert not (tmp_path / "up").exists()

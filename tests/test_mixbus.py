@@ -225,3 +225,21 @@ def test_preview_cli_writes_examples(sources, tmp_path):
                  "--set", "mixbus.segment_s=1.0"]) == 0
     names = sorted(p.name for p in (out / "example-001").iterdir())
     assert names == ["dialogue.wav", "mixture.wav", "music.wav", "noise.wav", "params.json"]
+
+
+def test_write_schema_refuses_an_edit_out_of_range_before_writing(tmp_path):
+    """An edited tree is validated as it will be read back: a level below the floor
+    (a matched hum at -95 LUFS) is a one-line error naming the file, and nothing is written."""
+    from dataclasses import replace
+
+    from stemloop.config import CONFIG_DIR
+    from stemloop.datasets.mixbus import edit_node
+    from stemloop.datasets.mixbus_yaml import write_schema
+
+    schema = load_schema(CONFIG_DIR / "mixbus" / "dialogue.yaml")
+    write_schema(tmp_path / "ok.yaml", schema)
+    assert load_schema(tmp_path / "ok.yaml") == schema
+    low = edit_node(schema, "noise/hum", lambda n: replace(n, lufs=(-95.0, -90.0)))
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*lufs"):
+        write_schema(tmp_path / "bad.yaml", low)
+    assert not (tmp_path / "bad.yaml").exists()

@@ -6,11 +6,15 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from stemloop.errors import UserError
 from stemloop.names import MANIFEST
+
+if TYPE_CHECKING:
+    from stemloop.config import Config
 
 out = Console(highlight=False, soft_wrap=True, markup=False)
 
@@ -55,7 +59,9 @@ def _data_args(cmd: argparse.ArgumentParser) -> None:
                      help="hours of speech and of music when the library must be built")
 
 
-def _prepare(args: argparse.Namespace):
+def _prepare(args: argparse.Namespace, check: Callable[[Config], None] | None = None):
+    """The config, checked (``check`` too) before Prefect starts: a user's mistake is one
+    line, with no server started for it."""
     from stemloop.config import load_config
     from stemloop.datasets.audio import check_output_dir
     from stemloop.tasks.state import start_prefect, state_dir, use_state_dir
@@ -64,6 +70,8 @@ def _prepare(args: argparse.Namespace):
     if args.library and not (Path(args.library) / MANIFEST).is_file():
         raise UserError(f"{args.library}: not a library (no manifest.parquet); build one with "
                         "`stemloop library build --out DIR`")
+    if check:
+        check(config)
     start_prefect(use_state_dir(state_dir(config), config))
     return config, check_output_dir
 
@@ -95,11 +103,18 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     from stemloop.adapt.checkpoint import load_checkpoint
     from stemloop.adapt.model import frame_stride
 
-    config, check_output_dir = _prepare(args)
-    model = load_checkpoint(args.model).model  # a bad checkpoint fails here, in one line
-    frame_stride(args.to, config.model.latent_rate)  # an unsupported rate too
-    if args.to <= model.sample_rate:
-        raise UserError(f"--to {args.to}: must be above the model's {model.sample_rate} Hz")
+    def check(config: Config) -> None:
+        model = load_checkpoint(args.model).model  # a bad checkpoint fails here, in one line
+        if not model.UPSCALABLE:
+            raise UserError(f"{args.model}: a {type(model).__name__} cannot be upscaled (it "
+                            f"works at {model.sample_rate} Hz only); upscale a checkpoint of "
+                            "stemloop's own architecture, e.g. "
+                            "models/general-dialogue-v2/model-16000.pt")
+        frame_stride(args.to, config.model.latent_rate)  # an unsupported rate too
+        if args.to <= model.sample_rate:
+            raise UserError(f"--to {args.to}: must be above the model's {model.sample_rate} Hz")
+
+    _, check_output_dir = _prepare(args, check)
     check_output_dir(Path(args.out).parent)
     from stemloop.flows.train_general import upscale_model
 
