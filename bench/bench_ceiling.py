@@ -70,9 +70,9 @@ def summary(improvement: torch.Tensor, start: torch.Tensor) -> dict:
     return out
 
 
-def first_pass(mixture: Path, target: torch.Tensor) -> float:
+def first_pass(mixture: Path, target: torch.Tensor, model: Path | None = None) -> float:
     """Dialogue SI-SDR of ``stemloop separate`` with the defaults (the shipped general
-    model: the loop's iteration 0), through the separation engine itself."""
+    model: the loop's iteration 0; or ``model``), through the separation engine itself."""
     import tempfile
 
     from stemloop.adapt.separate import prepare, run_separation
@@ -80,15 +80,17 @@ def first_pass(mixture: Path, target: torch.Tensor) -> float:
 
     config = load_config()
     with tempfile.TemporaryDirectory() as out:
-        record = run_separation(prepare(mixture, config), out, config)
+        record = run_separation(prepare(mixture, config, model), out, config)
         estimate, _ = sf.read(record.stems["dialogue"], dtype="float32", always_2d=True)
     return float(si_sdr(torch.from_numpy(estimate.T[:1]), target))
 
 
-def demo_ceiling(folder: Path, adapted: Path | None, general: bool = False) -> dict:
+def demo_ceiling(folder: Path, adapted: Path | None, general: bool = False,
+                 models: list[Path] = ()) -> dict:
     """The oracles on each demo-set mixture (issue 6), whole length at its own rate, beside
     what the general model and the loop reached there (``adapted``: an adapt_quality JSON;
-    else, with ``general``, the general model's first pass run here)."""
+    else, with ``general``, the general model's first pass run here), and the first pass of
+    each of ``models``."""
     rows = {r["mixture"]: r for r in json.loads(adapted.read_text())["rows"]} if adapted else {}
     out = {}
     for mix_dir in sorted(p for p in folder.iterdir() if (p / "mixture.flac").exists()):
@@ -106,9 +108,11 @@ def demo_ceiling(folder: Path, adapted: Path | None, general: bool = False) -> d
             row["adapted"] = rows[mix_dir.name]["adapted"]
         elif general:
             row["general"] = first_pass(mix_dir / "mixture.flac", target)
+        for model in models:
+            row[str(model)] = first_pass(mix_dir / "mixture.flac", target, model)
         out[mix_dir.name] = row
     names = list(next(iter(out.values())))
-    print("demo set, dialogue SI-SDR in dB: " + ", ".join(names))
+    print("dialogue SI-SDR in dB: " + ", ".join(names))
     for name, row in out.items():
         print(f"{name:14s} " + " ".join(f"{row[k]:7.2f}" for k in names))
     means = {k: sum(r[k] for r in out.values()) / len(out) for k in names}
@@ -123,7 +127,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=424242)
     parser.add_argument("--rate", type=int, default=16000)
-    parser.add_argument("--model", type=Path, help="a checkpoint to score beside the oracles")
+    parser.add_argument("--model", type=Path, action="append", default=[],
+                        help="a checkpoint to score beside the oracles (with --demo: its "
+                             "first pass through `separate`; repeatable)")
     parser.add_argument("--out", type=Path, default=Path("bench/out/ceiling.json"))
     parser.add_argument("--demo", type=Path, help="instead: the oracles on this demo set")
     parser.add_argument("--general", action="store_true",
@@ -132,7 +138,7 @@ def main() -> None:
                         help="with --demo: an adapt_quality JSON to print beside them")
     args = parser.parse_args()
     if args.demo:
-        report = demo_ceiling(args.demo, args.adapted, args.general)
+        report = demo_ceiling(args.demo, args.adapted, args.general, args.model)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))
         return
@@ -147,9 +153,9 @@ def main() -> None:
         for kind in ("irm", "wiener", "psm", "ibm"):
             score = si_sdr(oracle(mixture, target, kind, n_fft), target).flatten()
             rows[f"oracle {kind}, {ms} ms STFT"] = summary(score - start, start)
-    if args.model:
-        estimate = dialogue_estimates(load_checkpoint(args.model).model, pool, args.rate)
-        rows[str(args.model)] = summary(si_sdr(estimate[:, 0], target).flatten() - start, start)
+    for model in args.model:
+        estimate = dialogue_estimates(load_checkpoint(model).model, pool, args.rate)
+        rows[str(model)] = summary(si_sdr(estimate[:, 0], target).flatten() - start, start)
     counts = {f"input_{low:g}_{high:g}": int(((start >= low) & (start < high)).sum())
               for low, high in BINS}
     report = {"machine": f"{platform.machine()}, torch {torch.__version__}",

@@ -33,6 +33,7 @@ from stemloop.names import MANIFEST
 # voices; 2 also natural recorded voices (Asterisk prompts; the matched reference's voices);
 # 3 also real recorded music (produced game soundtracks, ``datasets/recorded_music.py``).
 RECIPE = 3
+ADDED = {2: "natural recorded voices", 3: "recorded music"}  # what each recipe added
 NOISE_KINDS = ("hiss", "hum", "crackle", "tape", "roomtone")
 Progress = Callable[[str, float], None]  # (class, seconds or files just added)
 

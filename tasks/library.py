@@ -18,6 +18,7 @@ def ensure_library(given: str | None, own: str, hours: float, seed: int,
     ``own``, built when missing and rebuilt when an older recipe made it (it lacks material
     added since). A named library from an older recipe is used with a warning."""
     from stemloop.datasets.library import (
+        ADDED,
         MANIFEST,
         RECIPE,
         build_library,
@@ -33,8 +34,9 @@ def ensure_library(given: str | None, own: str, hours: float, seed: int,
         if given:
             get_run_logger().warning(
                 "%s: built by an older stemloop (library recipe %d, now %d), so it lacks "
-                "material added since (natural recorded voices); rebuild it with `stemloop "
-                "library build --out %s`", folder, recipe, RECIPE, folder)
+                "material added since (%s); rebuild it with `stemloop library build --out %s`",
+                folder, recipe, RECIPE,
+                ", ".join(ADDED[r] for r in range(recipe + 1, RECIPE + 1) if r in ADDED), folder)
             return str(folder)
         get_run_logger().warning("%s: built by an older stemloop (library recipe %d, now %d); "
                                  "rebuilding it", folder, recipe, RECIPE)
