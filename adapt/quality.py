@@ -60,7 +60,7 @@ def delivered_iteration(history: list[dict[str, float]], guard_db: float | None)
     this background but unlearns this recording's voice raises the estimate while the
     truth falls (drama-cs-nl-48k: estimate 19.71 -> 20.04, truth 15.05 -> 14.64, pseudo-
     reference 3.63 -> 1.83). Within a mixture the pseudo-reference followed the truth in
-    5 of 7 steps of the development set's tuning half (bench/RESULTS.md). Iteration 0 is
+    7 of 11 steps of the development set's tuning half (bench/RESULTS.md). Iteration 0 is
     always eligible; an iteration without a finite pseudo-reference (nothing held out) is
     not guarded; ``guard_db`` None turns the guard off.
     """

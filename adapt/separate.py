@@ -68,7 +68,7 @@ class Job:
     warnings: list[str] = field(default_factory=list)  # silent or clipped input
 
 
-GENERAL_MODEL = Path(__file__).resolve().parent.parent / "models" / "general-dialogue-v3"
+GENERAL_MODEL = Path(__file__).resolve().parent.parent / "models" / "general-dialogue-v4"
 
 
 def shipped_model(rate: int, folder: Path = GENERAL_MODEL) -> Path | None:
