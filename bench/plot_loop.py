@@ -48,7 +48,7 @@ def main() -> None:
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, names):
+    for ax, name in zip(axes.flat, names, strict=False):
         first = next(run[name] for run in runs.values() if name in run)
         for label, run in runs.items():
             if name in run:
