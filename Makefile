@@ -19,8 +19,9 @@ LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_36 \
 # Debian packages used by the data engine (speech voices, natural recorded speech from four
 # Asterisk voices ~74 MB, music rendering, sox); the group after it is held-out material for
 # bench/demo_set.py (~38 MB download, ~80 MB installed), then the development set's real
-# recorded music and Czech/Dutch voice acting (~145 MB download); postgresql: the deployment
-# test starts a private server of its own (tests/postgres.py).
+# recorded music and Czech/Dutch voice acting (~145 MB download), then the library's own
+# recorded music (flare-game, hedgewars-data: ~166 MB download, library recipe 3);
+# postgresql: the deployment test starts a private server of its own (tests/postgres.py).
 DEBS := espeak-ng festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k flite \
         fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small \
         fillets-ng-data \
