@@ -29,11 +29,11 @@ from stemloop.errors import UserError
 from stemloop.files import atomic_path, write_text_atomic
 from stemloop.names import MANIFEST
 
-# What a library holds, bumped when a rebuild would add material: 1 synthetic and acted
-# voices; 2 also natural recorded voices (Asterisk prompts; the matched reference's voices);
-# 3 also real recorded music (produced game soundtracks, ``datasets/recorded_music.py``).
+# What a library holds, bumped when a rebuild would add material: recipe 1 held synthetic
+# and acted voices; ``ADDED`` names what each later recipe added (2: the Asterisk prompts,
+# the matched reference's voices; 3: game soundtracks, ``datasets/recorded_music.py``).
 RECIPE = 3
-ADDED = {2: "natural recorded voices", 3: "recorded music"}  # what each recipe added
+ADDED = {2: "natural recorded voices", 3: "recorded music"}
 NOISE_KINDS = ("hiss", "hum", "crackle", "tape", "roomtone")
 Progress = Callable[[str, float], None]  # (class, seconds or files just added)
 
