@@ -301,7 +301,20 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
     mine = audio[target][0]
     rest = sum(a for name, (a, _) in audio.items() if name != target)
     guide, loop = config.loop.guidance, config.loop
-    segments = cull_iteration(mine, rest, rate, config, iteration)
+    # Background material: the crude complement where the crude target is quiet (crude), the
+    # recording itself where nobody speaks (speech_free, datasets/vad.py), or both: the
+    # signal the background segments are cut from is the recording in its speech-free
+    # stretches and the crude complement elsewhere.
+    background, free = rest, None
+    if config.cull.background != "crude":
+        from stemloop.datasets.vad import speech_free
+
+        free = speech_free(mine + rest, rate, config.cull.vad_threshold,
+                           config.cull.vad_margin_s, config.cull.min_duration_s, also=mine)
+        background = rest.clone()
+        for s in free:
+            background[:, s.start:s.stop] += mine[:, s.start:s.stop]
+    segments = cull_iteration(mine, rest, rate, config, iteration, free)
     from stemloop.datasets.audio import loudness
 
     levels = (loudness(mine, rate), loudness(rest, rate))
@@ -310,7 +323,7 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
         held = {name: split_holdout(segs, loop.holdout_fraction, config.train.seed + i)
                 for i, (name, segs) in enumerate(segments.items())}
         holdout = {name: [str(p) for p in write_segments(
-                       mine if name == "target" else rest, rate, split.holdout,
+                       mine if name == "target" else background, rate, split.holdout,
                        holdout_file.parent / "holdout", name)]
                    for name, split in held.items()}
         regions = sorted((s.start / rate, s.stop / rate) for split in held.values()
@@ -326,7 +339,7 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
         train = {name: apply_guidance(segs, rate, [], regions) for name, segs in
                  segments.items()}
     folder.mkdir(parents=True, exist_ok=True)
-    files = {name: write_segments(mine if name == "target" else rest, rate, segs,
+    files = {name: write_segments(mine if name == "target" else background, rate, segs,
                                   folder / name, name) for name, segs in train.items()}
     files["target"] += [Path(p) for p in guide.extra_clips]
     tables = [segments_table(name, segs, rate) for name, segs in train.items()]

@@ -104,8 +104,11 @@ def segments_table(stem: str, segments: list[Segment], rate: int) -> pd.DataFram
 
 
 def cull_iteration(target: torch.Tensor, complement: torch.Tensor, rate: int, config: Config,
-                   iteration: int) -> dict[str, list[Segment]]:
-    """The confident ``target`` and ``complement`` segments of an iteration's stems."""
+                   iteration: int, speech_free: list[Segment] | None = None
+                   ) -> dict[str, list[Segment]]:
+    """The confident ``target`` and ``complement`` segments of an iteration's stems. With
+    ``speech_free`` stretches (datasets/vad.py) the complement's segments are those
+    (``cull.background: speech_free``) or those and the crude rule's (``both``)."""
     guide, piece = config.loop.guidance, int(config.loop.segment_max_s * rate)
     segments = {}
     for name, stem in (("target", target), ("complement", complement)):
@@ -113,8 +116,26 @@ def cull_iteration(target: torch.Tensor, complement: torch.Tensor, rate: int, co
                                list(guide.include), list(guide.exclude))
         if name == "complement":
             found = where_target_absent(found, target, rate, config, iteration)
+            if speech_free is not None:
+                free = apply_guidance(speech_free, rate, list(guide.include),
+                                      list(guide.exclude))
+                found = free if config.cull.background == "speech_free" else union(found, free)
         segments[name] = chop(found, piece)
     return segments
+
+
+def union(a: list[Segment], b: list[Segment]) -> list[Segment]:
+    """Segments covering what ``a`` or ``b`` covers, overlapping ones merged (the level of a
+    merged one is the louder of its parts')."""
+    merged: list[Segment] = []
+    for s in sorted([*a, *b], key=lambda s: s.start):
+        if merged and s.start <= merged[-1].stop:
+            last = merged[-1]
+            merged[-1] = Segment(last.start, max(last.stop, s.stop), max(last.level_db,
+                                                                           s.level_db))
+        else:
+            merged.append(s)
+    return merged
 
 
 def apply_guidance(segments: list[Segment], rate: int, include: list[Region],
