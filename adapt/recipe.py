@@ -19,6 +19,7 @@ Model paths are relative to the recipe file (or absolute).
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from stemloop.adapt.apply import ModelStep
 from stemloop.adapt.artefacts import SOURCES, load_artefact_model
 from stemloop.adapt.checkpoint import load_checkpoint
-from stemloop.errors import ConfigError, read_yaml
+from stemloop.errors import ConfigError, UserError, read_yaml
 
 NAME = r"^[A-Za-z0-9_-]+$"
 
@@ -146,6 +147,22 @@ class Recipe:
                 stems[path] = target
         stems[f"{prefix}{rest}"] = remaining
         return stems
+
+
+def recipe_file(value: str | Path) -> Path:
+    """A recipe given as a file, or by name: ``configs/recipes/<name>.yaml``."""
+    from stemloop.config import CONFIG_DIR
+
+    path = Path(value)
+    if path.exists() or not re.fullmatch(NAME, str(value)):
+        return path
+    folder = CONFIG_DIR / "recipes"
+    named = folder / f"{value}.yaml"
+    if named.is_file():
+        return named
+    known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+    raise UserError(f"recipe {value!r}: no such file and no recipe of that name (the named "
+                    f"ones: {known})")
 
 
 def load_recipe(path: str | Path, rate: int, strength: float = 1.0) -> Recipe:

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from stemloop.adapt.apply import ChunkFn, ModelStep, Progress, separate_file, stem_paths
 from stemloop.adapt.checkpoint import load_checkpoint, versions
-from stemloop.adapt.recipe import load_recipe
+from stemloop.adapt.recipe import load_recipe, recipe_file
 from stemloop.config import Config
 from stemloop.datasets.audio import AudioInfo, AudioStats, measure
 from stemloop.errors import UserError
@@ -100,6 +100,7 @@ def prepare(source: str | Path, config: Config, model: str | Path | None = None,
         raise UserError(f"strength {strength:g} is out of range; use 0 < strength ≤ 10")
     info = stats.info
     if recipe:
+        recipe = recipe_file(recipe)
         tree = load_recipe(recipe, info.sample_rate, strength)
         return Job(info, tree, tree.names, tree.alignment, tree.model_rates, None, Path(recipe),
                    strength, stats.warnings())

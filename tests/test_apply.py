@@ -169,6 +169,17 @@ def test_bad_recipes_are_one_line_errors(tmp_path: Path):
         load_recipe(twice, RATE)
 
 
+def test_a_recipe_is_named_or_given_as_a_file(tmp_path: Path):
+    from stemloop.adapt.recipe import recipe_file
+    from stemloop.errors import UserError
+
+    assert recipe_file("dialogue-clean").name == "dialogue-clean.yaml"
+    mine = tmp_path / "mine.yaml"
+    assert recipe_file(mine) == mine  # a path stays a path, present or not
+    with pytest.raises(UserError, match="no recipe of that name.*dialogue-clean"):
+        recipe_file("nosuch")
+
+
 @pytest.mark.parametrize("path", sorted(Path("configs/recipes").glob("*.yaml")))
 def test_shipped_recipes_are_valid(path: Path):
     spec = read_recipe(path)

@@ -32,7 +32,9 @@ def add_separate_command(sub: argparse._SubParsersAction,
     which.add_argument("--model", metavar="PATH",
                        help="separator checkpoint (.pt), or 'spleeter' for the pretrained "
                             "Spleeter 2-stem model")
-    which.add_argument("--recipe", metavar="YAML", help="recipe of several models")
+    which.add_argument("--recipe", metavar="NAME|YAML",
+                       help="recipe of several models: a file, or the name of one in "
+                            "configs/recipes/ (e.g. archive: dialogue, music, noise, other)")
     cmd.add_argument("--strength", type=float, metavar="S",
                      help="separation strength (mask exponent): >1 less target, <1 more "
                           "(default: separate.strength)")
