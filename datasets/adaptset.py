@@ -318,6 +318,13 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
     from stemloop.datasets.audio import loudness
 
     levels = (loudness(mine, rate), loudness(rest, rate))
+    if free and sum(s.stop - s.start for s in free) >= rate:
+        # The background's level is that of the recording where nobody speaks: the crude
+        # complement's is low exactly where the model keeps the background in the dialogue
+        # (drama-nl-22k: -41 LUFS against -33 in its speech-free stretches), and examples
+        # built at that level never show the model the background as loud as it is.
+        quiet = torch.cat([(mine + rest)[:, s.start:s.stop] for s in free], dim=-1)
+        levels = (levels[0], loudness(quiet, rate))
     levels = tuple(v if v == v and v > -70 else -30.0 for v in levels)
     if iteration == 0 or not holdout_file.exists():
         held = {name: split_holdout(segs, loop.holdout_fraction, config.train.seed + i)
