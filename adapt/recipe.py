@@ -104,7 +104,10 @@ class Recipe:
         for name in spec.models:
             path = (base / name).resolve()
             if path not in self._models:
-                self._models[path] = ModelStep(load_checkpoint(path).model, self.rate)
+                try:
+                    self._models[path] = ModelStep(load_checkpoint(path).model, self.rate)
+                except UserError as exc:
+                    raise ConfigError(f"recipe step '{spec.name}': {exc}") from None
             model = self._models[path]
             target = spec.target or model.names[0]
             if target not in model.names[:-1]:
@@ -167,7 +170,11 @@ def recipe_file(value: str | Path) -> Path:
 
 def load_recipe(path: str | Path, rate: int, strength: float = 1.0) -> Recipe:
     path = Path(path)
-    return Recipe(read_recipe(path), path.resolve().parent, rate, strength)
+    spec = read_recipe(path)
+    try:
+        return Recipe(spec, path.resolve().parent, rate, strength)
+    except ConfigError as exc:  # which file, then which step
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def model_files(path: str | Path) -> list[Path]:

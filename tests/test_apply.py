@@ -162,6 +162,10 @@ def test_bad_recipes_are_one_line_errors(tmp_path: Path):
     wrong.write_text("name: x\nsteps: [{name: a, models: [voice.pt], target: drums}]\n")
     with pytest.raises(ConfigError, match="no target 'drums'"):
         load_recipe(wrong, RATE)
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("name: x\nsteps: [{name: music, models: [nosuch.pt]}]\n")
+    with pytest.raises(ConfigError, match=r"missing.yaml: recipe step 'music': .*nosuch.pt"):
+        load_recipe(missing, RATE)
     twice = tmp_path / "twice.yaml"
     twice.write_text("name: x\nsteps: [{name: a, models: [voice.pt]},\n"
                      "        {name: a, models: [voice.pt]}]\n")
