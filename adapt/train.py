@@ -111,18 +111,24 @@ def losses(estimate: torch.Tensor, reference: torch.Tensor, mixture: torch.Tenso
 @torch.no_grad()
 def validate(model: SeparatorModel, examples: list[tuple[torch.Tensor, torch.Tensor]]
              ) -> dict[str, float]:
-    """Mean SI-SDR and SI-SDR improvement of the targets (not the complement), dB."""
+    """Mean SI-SDR and SI-SDR improvement of the targets (not the complement), dB, over the
+    examples where the target sounds: as in the loss, a silent target (below -60 dB re the
+    mixture; a music model's examples without music) has no SI-SDR."""
     model.eval()
     scores, improvements = [], []
     for mixture, sources in examples:
         estimate = model(mixture)[:, :-1]
         targets = sources[:, :-1]
+        present = targets.pow(2).sum(-1) > 1e-6 * mixture.pow(2).sum(-1)[:, None]
         score = si_sdr(estimate, targets)
-        scores.append(score.mean())
-        improvements.append((score - si_sdr(mixture[:, None].expand_as(targets), targets)).mean())
+        gain = score - si_sdr(mixture[:, None].expand_as(targets), targets)
+        scores += score[present].tolist()
+        improvements += gain[present].tolist()
     model.train()
-    return {VAL_SI_SDR: float(torch.stack(scores).mean()),
-            VAL_SI_SDRI: float(torch.stack(improvements).mean())}
+    if not scores:
+        return {VAL_SI_SDR: float("nan"), VAL_SI_SDRI: float("nan")}
+    return {VAL_SI_SDR: float(sum(scores) / len(scores)),
+            VAL_SI_SDRI: float(sum(improvements) / len(improvements))}
 
 
 # ---------------------------------------------------------------- the loop

@@ -154,3 +154,21 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_curve(tmp_path):
     whole, resumed = _history(tmp_path / "whole"), _history(tmp_path / "killed")
     assert len(whole) == len(resumed) == 14
     assert resumed == pytest.approx(whole, rel=1e-5, abs=1e-6)
+
+
+def test_validation_leaves_out_examples_whose_target_is_silent():
+    """A music model's examples without music have no SI-SDR (their reference is zero):
+    they used to pull the mean to about -8 dB while the SI-SDRi read +26."""
+    from stemloop.adapt.train import validate
+
+    class Half(torch.nn.Module):  # keeps half of the mixture as the target
+        def forward(self, mixture):
+            return torch.stack([0.5 * mixture, 0.5 * mixture], dim=1)
+
+    torch.manual_seed(0)
+    voice, noise = torch.randn(1, 1, 800), torch.randn(1, 1, 800)
+    with_target = (voice + noise, torch.stack([voice, noise], dim=1))
+    silent = (noise, torch.stack([torch.zeros_like(noise), noise], dim=1))
+    alone = validate(Half(), [with_target])
+    both = validate(Half(), [with_target, silent])
+    assert both == alone and abs(alone["val/si_sdr"]) < 1.0  # voice at 0 dB against noise
