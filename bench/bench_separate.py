@@ -3,6 +3,7 @@
     flock /tmp/stemloop-bench.lock .venv/bin/python bench/bench_separate.py speed
     flock /tmp/stemloop-bench.lock .venv/bin/python bench/bench_separate.py memory
     ... speed --model models/general-dialogue-v3/model-44100.pt   # a trained checkpoint
+    ... speed --recipe archive        # a recipe (issue 20: four stems, three models)
 
 ``speed``: real-time factor (wall seconds ÷ audio seconds) of the engine path
 (``adapt.separate.run_separation``: read blocks, model, overlap-add, write
@@ -66,15 +67,16 @@ def speed(args: argparse.Namespace, work: Path) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for rate in args.rates:
         source = make_file(work / f"speed-{rate}.wav", rate, args.seconds)
-        model = args.model or default_checkpoint(work, rate)
-        job = prepare(source, config, model)
+        model = None if args.recipe else args.model or default_checkpoint(work, rate)
+        job = prepare(source, config, model, args.recipe)
         rtfs, cpus, load = [], [], os.getloadavg()[0]
         for _ in range(args.runs):
             started, cpu = time.perf_counter(), time.process_time()
             run_separation(job, work / "out", config)
             rtfs.append((time.perf_counter() - started) / args.seconds)
             cpus.append((time.process_time() - cpu) / args.seconds)
-        params = count_parameters(job.fn.model)
+        params = (sum(count_parameters(step.model) for step in job.fn._models.values())
+                  if args.recipe else count_parameters(job.fn.model))
         print(f"| {rate / 1000:g} kHz | {args.seconds:g} s mono | {args.runs} | "
               f"{statistics.median(rtfs):.4f} | {min(rtfs):.4f}–{max(rtfs):.4f} | "
               f"{statistics.median(cpus):.4f} | {load:.1f} | {params / 1e6:.2f} M |", flush=True)
@@ -104,7 +106,8 @@ def measure_process(argv: list[str], log: Path) -> tuple[float, float, float]:
 
 
 def memory(args: argparse.Namespace, work: Path) -> None:
-    model = args.model or default_checkpoint(work, 48000)
+    model = None if args.recipe else args.model or default_checkpoint(work, 48000)
+    which = ["--recipe", args.recipe] if args.recipe else ["--model", str(model)]
     print("| length | runs | peak RSS median (maxrss) | peak RSS max (maxrss) | "
           "tree peak max (sampled) | wall median | RTF median |")
     print("|---|---|---|---|---|---|---|")
@@ -113,8 +116,8 @@ def memory(args: argparse.Namespace, work: Path) -> None:
         peaks, trees, walls = [], [], []
         for _ in range(args.runs):
             out = work / "out"
-            argv = [sys.executable, "-m", "stemloop.flows.cli", "separate", str(source), "--model",
-                    str(model), "--out", str(out)]
+            argv = [sys.executable, "-m", "stemloop.flows.cli", "separate", str(source), *which,
+                    "--out", str(out)]
             wall, peak, tree = measure_process(argv, work / "stderr.log")
             peaks.append(peak)
             trees.append(tree)
@@ -135,12 +138,14 @@ def main() -> None:
     cmd = sub.add_parser("speed")
     cmd.add_argument("--model", type=Path, help="checkpoint (default: the default model "
                                                "config with random weights)")
+    cmd.add_argument("--recipe", help="a recipe (name or file) instead of a model")
     cmd.add_argument("--rates", type=int, nargs="+", default=[16000, 48000])
     cmd.add_argument("--seconds", type=float, default=120.0)
     cmd.add_argument("--runs", type=int, default=5)
     cmd.add_argument("--threads", type=int, default=0, help="torch threads; 0 = default")
     cmd = sub.add_parser("memory")
     cmd.add_argument("--model", type=Path, help="checkpoint (default: as for speed)")
+    cmd.add_argument("--recipe", help="a recipe (name or file) instead of a model")
     cmd.add_argument("--minutes", type=int, nargs="+", default=[10, 30, 60])
     cmd.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
