@@ -26,7 +26,9 @@ from stemloop.tasks.train import train_low_rate, upscale_rung
 
 SECTIONS = ("model", "train", "upscale", "mixbus")  # what decides a general model
 
-MODEL_NAME = "general-dialogue"
+def model_name(config) -> str:
+    """The registered model's name: general-<targets> (general-dialogue, general-music...)."""
+    return "general-" + "-".join(config.model.targets)
 
 
 @flow(name="train-general", log_prints=False, persist_result=False)
@@ -42,7 +44,8 @@ def train_general(out: str, config_path: str | None = None, overrides: list[str]
     folder = state / "train-general" / (config_id(config, SECTIONS) if not init else
                                          f"{config_id(config, SECTIONS)}-{file_digest(init)[:8]}")
     tracker = Tracker(config, state)
-    with tracker.run(MODEL_NAME, config_params(config, SECTIONS, init=init),
+    name = model_name(config)
+    with tracker.run(name, config_params(config, SECTIONS, init=init),
                      {"stemloop.flow": "train-general"}) as run_id:
         rungs = [train_low_rate(config, library, str(folder), run_id, init)]
         for rate in config.upscale.ladder:
@@ -57,7 +60,7 @@ def train_general(out: str, config_path: str | None = None, overrides: list[str]
                                      if "val_si_sdr" in rung else rung["final_si_sdr"]}, 0)
         for path in shipped:
             tracker.artifact(run_id, path, "model")
-        version = tracker.register(run_id, "model", MODEL_NAME, alias,
+        version = tracker.register(run_id, "model", name, alias,
                                    f"rates {[r['rate'] for r in rungs]}; manifest {manifest[:12]}")
     return {"out": out, "rungs": rungs, "library": library, "run_id": run_id,
             "registered_version": version, "manifest_sha256": manifest}

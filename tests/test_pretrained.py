@@ -142,6 +142,13 @@ def test_train_general_fine_tunes_spleeter_with_its_bottleneck_frozen(
                  *small]) == 0
     model = load_checkpoint(music / f"model-{RATE}.pt").model
     assert model.sources == ["music", "rest"] and model.config.branch == "accompaniment"
+    from mlflow import MlflowClient
+
+    from stemloop.tasks.state import state_dir, tracking_uri
+
+    client = MlflowClient(tracking_uri(state_dir()))  # registered as what it separates
+    assert client.get_model_version_by_alias("general-music", "candidate")
+    assert client.get_model_version_by_alias("general-dialogue", "candidate")
     capsys.readouterr()
     assert main([*argv[:-len(small)], "--config", "smoke", "--set",
                  "upscale.ladder=[8000,48000]"]) == 2  # one rate: it cannot climb a ladder

@@ -23,11 +23,12 @@ def add_train_commands(sub: argparse._SubParsersAction,
                        add_config_args: Callable[[argparse.ArgumentParser], None]) -> None:
     cmd = sub.add_parser(
         "train-general", help="train the general dialogue model (library → train → ladder)",
-        description="Build (or reuse) the labelled library, train a dialogue-vs-background "
-                    "model at model.sample_rate on mix-bus examples (configs/mixbus/), climb "
-                    "upscale.ladder, write one checkpoint per rate into --out and register the "
-                    "top rung in MLflow as 'general-dialogue'. Resumable: rerun the same "
-                    "command after an interruption.")
+        description="Build (or reuse) the labelled library, train a model for model.targets "
+                    "(dialogue by default; music, noise) at model.sample_rate on mix-bus "
+                    "examples (configs/mixbus/), climb upscale.ladder, write one checkpoint per "
+                    "rate into --out and register the top rung in MLflow as 'general-<target>' "
+                    "('general-dialogue'). Resumable: rerun the same command after an "
+                    "interruption.")
     cmd.add_argument("--out", required=True, help="folder for model-<rate>.pt checkpoints")
     _data_args(cmd)
     cmd.add_argument("--alias", default="candidate", help="MLflow alias for the new version")
