@@ -112,10 +112,15 @@ class SpleeterSeparator(nn.Module):
         return torch.stack([target, mixture - target], dim=1)
 
 
+def pretrained_config(name: str = SPLEETER) -> SpleeterConfig:
+    """The config of pretrained model ``name`` (``PRETRAINED``: whose mask, which names)."""
+    branch, target, complement = PRETRAINED[name]
+    return SpleeterConfig(architecture="spleeter-2stems", targets=[target],
+                          complement=complement, sample_rate=RATE, branch=branch)
+
+
 def build_spleeter(config: SpleeterConfig | None = None) -> SpleeterSeparator:
-    return SpleeterSeparator(config or SpleeterConfig(
-        architecture="spleeter-2stems", targets=["dialogue"], complement="background",
-        sample_rate=RATE))
+    return SpleeterSeparator(config or pretrained_config())
 
 
 def wheel_weights(name: str = SPLEETER) -> SpleeterSeparator:
@@ -123,11 +128,8 @@ def wheel_weights(name: str = SPLEETER) -> SpleeterSeparator:
     pretrained model ``name`` (``PRETRAINED``: which mask is the target's, and the names)."""
     from importlib.resources import files
 
-    branch, target, complement = PRETRAINED[name]
     try:
-        model = build_spleeter(SpleeterConfig(  # imports the package quietly (see _unet)
-            architecture="spleeter-2stems", targets=[target], complement=complement,
-            sample_rate=RATE, branch=branch))
+        model = build_spleeter(pretrained_config(name))  # imports it quietly (see _unet)
     except ModuleNotFoundError as exc:
         raise UserError(f"the spleeter model needs the Python package {exc.name!r}, which "
                         "is missing; run `make install` (stemloop depends on it)") from None

@@ -312,7 +312,7 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
         free = speech_free(mine + rest, rate, config.cull.vad_threshold,
                            config.cull.vad_margin_s, config.cull.min_duration_s, also=mine)
         background = rest.clone()
-        for s in free:
+        for s in free:  # the recording itself there
             background[:, s.start:s.stop] += mine[:, s.start:s.stop]
     segments = cull_iteration(mine, rest, rate, config, iteration, free)
     from stemloop.datasets.audio import loudness
@@ -323,7 +323,7 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
         # complement's is low exactly where the model keeps the background in the dialogue
         # (drama-nl-22k: -41 LUFS against -33 in its speech-free stretches), and examples
         # built at that level never show the model the background as loud as it is.
-        quiet = torch.cat([(mine + rest)[:, s.start:s.stop] for s in free], dim=-1)
+        quiet = torch.cat([background[:, s.start:s.stop] for s in free], dim=-1)
         levels = (levels[0], loudness(quiet, rate))
     levels = tuple(v if v == v and v > -70 else -30.0 for v in levels)
     if iteration == 0 or not holdout_file.exists():

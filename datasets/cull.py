@@ -111,15 +111,16 @@ def cull_iteration(target: torch.Tensor, complement: torch.Tensor, rate: int, co
     (``cull.background: speech_free``) or those and the crude rule's (``both``)."""
     guide, piece = config.loop.guidance, int(config.loop.segment_max_s * rate)
     segments = {}
+    only_free = speech_free is not None and config.cull.background == "speech_free"
     for name, stem in (("target", target), ("complement", complement)):
-        found = apply_guidance(cull(stem, rate, config.cull, iteration), rate,
-                               list(guide.include), list(guide.exclude))
-        if name == "complement":
+        found = [] if name == "complement" and only_free else apply_guidance(
+            cull(stem, rate, config.cull, iteration), rate, list(guide.include),
+            list(guide.exclude))
+        if name == "complement" and not only_free:
             found = where_target_absent(found, target, rate, config, iteration)
-            if speech_free is not None:
-                free = apply_guidance(speech_free, rate, list(guide.include),
-                                      list(guide.exclude))
-                found = free if config.cull.background == "speech_free" else union(found, free)
+        if name == "complement" and speech_free is not None:
+            found = union(found, apply_guidance(speech_free, rate, list(guide.include),
+                                                list(guide.exclude)))
         segments[name] = chop(found, piece)
     return segments
 

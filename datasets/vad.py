@@ -4,17 +4,17 @@ The loop's background material used to be the crude complement where the crude d
 was quiet. That misses exactly what the general model gets wrong: music it keeps in the
 dialogue stem is neither in the complement nor "quiet" in the dialogue, so fine-tuning
 never hears it as background (dev set drama-nl-22k: 81 % of the music, by least squares,
-in v4's dialogue; 1.2 s of culled background in 45 s). A voice activity detector trained
+in v4's dialogue; 2.2 s of culled background in 45 s). A voice activity detector trained
 for speech against music and noise (Silero VAD, MIT, its weights inside its wheel) judges
 the recording itself, and the *recording* in its speech-free stretches is background with
 all of its music, noise and room in it.
 
 A stretch counts when the detector's speech probability, on the recording and on the crude
-dialogue, stays below ``threshold`` for
-the whole stretch widened by ``margin_s`` on each side (onsets, reverberant tails) and
-lasts at least ``min_s``. On the development set's twelve mixtures (threshold 0.1,
-margin 0.2 s, v4's crude dialogue) this finds 1.6–9.6 s per mixture with the true dialogue
-11–30 dB below the recording there (mostly reverberant tails; bench/RESULTS.md).
+dialogue, stays below ``threshold`` for the whole stretch widened by ``margin_s`` on each
+side (onsets, reverberant tails) and lasts at least ``min_s``. On the development set's
+twelve mixtures (threshold 0.1, margin 0.2 s, v4's crude dialogue) this finds 0.5–8.4 s per
+mixture with the true dialogue 14–75 dB below the recording there (mostly reverberant
+tails; bench/RESULTS.md, bench/speech_free.py).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from stemloop.tasks.train import train_low_rate, upscale_rung
 
 SECTIONS = ("model", "train", "upscale", "mixbus")  # what decides a general model
 
+
 def model_name(config) -> str:
     """The registered model's name: general-<targets> (general-dialogue, general-music...)."""
     return "general-" + "-".join(config.model.targets)
