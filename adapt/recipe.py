@@ -197,3 +197,56 @@ def _leaves(steps: list[StepSpec], rest: str, prefix: str) -> list[str]:
 
 def _walk(steps: list[StepSpec]) -> list[StepSpec]:
     return [s for step in steps for s in (step, *_walk(step.steps))]
+
+
+class LoopStep(BaseModel):
+    """One step of a recipe the loop adapts: its stem's name, the model's target it
+    extracts, and the checkpoint the loop starts from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    target: str
+    model: str
+
+
+class LoopRecipe(BaseModel):
+    """A recipe the loop adapts: its file, its name, its steps in order and the name of
+    what remains after the last (the ``rest`` stem)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    name: str
+    steps: list[LoopStep]
+    rest: str
+
+
+def loop_recipe(path: str | Path) -> LoopRecipe:
+    """A recipe for ``stemloop adapt --recipe``: a chain of one-model steps
+    (each takes one stem out of what the previous ones left). A recipe the loop cannot adapt
+    (nested steps, several models or post models in a step), a missing model or a model
+    without the step's target is a one-line ``ConfigError`` naming the file and the step."""
+    path = Path(path)
+    spec = read_recipe(path)
+    base = path.resolve().parent
+    steps = []
+    for step in spec.steps:
+        why = ("it splits its stem further ('steps')" if step.steps
+               else "it combines several models" if len(step.models) > 1
+               else "it has 'post' models" if step.post else None)
+        if why:
+            raise ConfigError(f"{path}: recipe step '{step.name}': `adapt --recipe` adapts a "
+                              f"chain of one-model steps, and {why}; separate with it "
+                              "(`stemloop separate --recipe`) or flatten it")
+        model = (base / step.models[0]).resolve()
+        try:
+            names = load_checkpoint(model).model.sources
+        except UserError as exc:
+            raise ConfigError(f"{path}: recipe step '{step.name}': {exc}") from None
+        target = step.target or names[0]
+        if target not in names[:-1]:
+            raise ConfigError(f"{path}: recipe step '{step.name}': model {model.name} has no "
+                              f"target {target!r} (it has {', '.join(names[:-1])})")
+        steps.append(LoopStep(name=step.name, target=target, model=str(model)))
+    return LoopRecipe(path=str(path), name=spec.name, steps=steps, rest=spec.rest)

@@ -54,24 +54,36 @@ def score(estimate: torch.Tensor, truth: torch.Tensor, mixture: torch.Tensor) ->
             "si_sdri": round(value - float(si_sdr(mixture[:1, :n], truth[:1, :n])), 2)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
+def mixtures(demo: Path, names: list[str] | None):
+    """Each mixture folder of ``demo`` (those in ``names``, if given): the folder, the
+    mixture as read ((time, channels) array), its rate, its first channel as a
+    ``(1, time)`` tensor, and its dialogue / music / noise truths likewise."""
+    for folder in sorted(p for p in demo.iterdir() if (p / "mixture.flac").exists()
+                         and (not names or p.name in names)):
+        mix_np, rate = sf.read(folder / "mixture.flac", dtype="float32", always_2d=True)
+        truth = {k: torch.from_numpy(sf.read(folder / "truth" / f"{k}.flac", dtype="float32",
+                                             always_2d=True)[0].T[:1].copy()) for k in STEMS}
+        yield folder, mix_np, rate, torch.from_numpy(mix_np.T[:1].copy()), truth
+
+
+def arguments(doc: str, out: str) -> argparse.ArgumentParser:
+    """The options the recipe benchmarks share: the recipe, the set, its mixtures, --out."""
+    parser = argparse.ArgumentParser(description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="archive")
     parser.add_argument("--demo", type=Path, default=Path("bench/out/dev-set"))
     parser.add_argument("--names", nargs="*")
+    parser.add_argument("--out", type=Path, default=Path(out))
+    return parser
+
+
+def main() -> None:
+    parser = arguments(__doc__, "bench/out/recipe.json")
     parser.add_argument("--no-peers", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("bench/out/recipe.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    folders = sorted(p for p in args.demo.iterdir() if (p / "mixture.flac").exists()
-                     and (not args.names or p.name in args.names))
     rows = []
-    for folder in folders:
-        mix_np, rate = sf.read(folder / "mixture.flac", dtype="float32", always_2d=True)
-        mixture = torch.from_numpy(mix_np.T[:1].copy())
-        truth = {k: torch.from_numpy(sf.read(folder / "truth" / f"{k}.flac", dtype="float32",
-                                             always_2d=True)[0].T[:1].copy()) for k in STEMS}
+    for folder, mix_np, rate, mixture, truth in mixtures(args.demo, args.names):
         stems, wall = run(folder / "mixture.flac", recipe=args.recipe)
         row = {"mixture": folder.name, "rate": rate, "seconds": mixture.shape[-1] / rate,
                "wall_s": round(wall, 2), "stems": {}, "oracle": {}, "peers": {}}

@@ -152,11 +152,28 @@ def _files(paths: list[Path], resolve: bool = False) -> Feed:
     return Feed(files=tuple(str(Path(p).resolve() if resolve else p) for p in paths))
 
 
-ROLES = (("background", "sources/music"), ("noise", "noise"))  # besides the target's voices
+VOICES = "sources/voices"
+ROLES = (("voices", VOICES), ("background", "sources/music"), ("noise", "noise"))
 
 
-def _targets(target_name: str) -> tuple[Target, ...]:
-    return (Target(target_name, "sources/voices"), *(Target(n, bus) for n, bus in ROLES))
+def target_bus(schema: Schema, target_name: str) -> str:
+    """The bus of ``schema`` (a dialogue schema: sources/voices, sources/music, noise) that
+    holds the target the loop adapts: the one its ``targets`` name so (dialogue: the voices,
+    music: the music, noise: the noise); a name it lacks is a voice target. A recipe's music
+    or noise step adapts its model on the same kind of examples as the dialogue step: the
+    recording's culled stems and the matched library, with the roles turned."""
+    return next((t.bus for t in schema.targets if t.name == target_name), VOICES)
+
+
+def _targets(target_name: str, bus: str) -> tuple[Target, ...]:
+    return (Target(target_name, bus),
+            *(Target(n, b) for n, b in ROLES if b != bus and n != target_name))
+
+
+def _host(bus: str) -> str:
+    """Where the recording's own background (the culled complement) goes: the noise bus,
+    unless the noise is the target; then beside the sources."""
+    return "sources" if bus == "noise" else "noise"
 
 
 def adaptation_schema(targets: list[Path], complements: list[Path], matched: Schema,
@@ -176,22 +193,25 @@ def adaptation_schema(targets: list[Path], complements: list[Path], matched: Sch
     ``balance`` the library examples keep it too (``match_balance``).
     """
     schema = matched
+    target = target_bus(matched, target_name)
     share = 1.0 - library_share if background_share is None else background_share
-    if balance:  # with no culled background, library music is the only one: at its level
-        schema = match_balance(schema, levels, share if complements else 0.0)
-    _bus(schema, "sources/voices"), _bus(schema, "noise")  # a base without them: one line
-    voices = Node("recording", feed=_files(targets), lufs=_lufs_range(levels[0]),
-                  probability=1.0 - library_share)
+    if balance and target == VOICES:  # with no culled background, library music is the only
+        schema = match_balance(schema, levels, share if complements else 0.0)  # one: its level
+    _bus(schema, VOICES), _bus(schema, "noise"), _bus(schema, target)  # else one line
+    own = Node("recording", feed=_files(targets), lufs=_lufs_range(levels[0]),
+               probability=1.0 - library_share)
     background = Node("recording", feed=_files(complements), lufs=_lufs_range(levels[1]),
                       probability=share)
     schema = edit_node(schema, "sources", lambda bus: replace(
         bus, children=_scaled(bus.children, library_share, drop)))
-    schema = edit_node(schema, "noise", lambda bus: replace(
-        bus, children=(*_scaled(bus.children, 1.0, drop),
-                       *((background,) if complements else ()))))
-    schema = edit_node(schema, "sources/voices", lambda bus: replace(
-        bus, probability=1.0, children=(*_scaled(bus.children, library_share), voices)))
-    return replace(schema, targets=_targets(target_name),
+    if target != "noise":
+        schema = edit_node(schema, "noise", lambda bus: replace(
+            bus, children=_scaled(bus.children, 1.0, drop)))
+    schema = edit_node(schema, _host(target), lambda bus: replace(
+        bus, children=(*bus.children, *((background,) if complements else ()))))
+    schema = edit_node(schema, target, lambda bus: replace(
+        bus, probability=1.0, children=(*_scaled(bus.children, library_share), own)))
+    return replace(schema, targets=_targets(target_name, target),
                    description="self-adaptation: culled stems remixed, plus matched library")
 
 
@@ -233,15 +253,18 @@ def reference_schema(matched: Schema, background: list[Path], target_name: str,
     levels) the voices are at its dialogue level and no library music is stacked on its
     background (``match_balance``)."""
     schema = matched
-    if balance:
+    target = target_bus(matched, target_name)
+    if balance and target == VOICES:
         schema = match_balance(schema, balance, 1.0 if background else 0.0)
     if speech:
         schema = restrict_speech(schema, speech)
+    if target != VOICES:  # the target's library material in every example
+        schema = edit_node(schema, target, lambda bus: replace(bus, probability=1.0))
     if background:
         own = Node("recording", feed=_files(background, resolve=True), lufs=_lufs_range(level))
-        schema = edit_node(schema, "noise", lambda bus: replace(
+        schema = edit_node(schema, _host(target), lambda bus: replace(
             bus, children=(*bus.children, own)))
-    return replace(schema, targets=_targets(target_name),
+    return replace(schema, targets=_targets(target_name, target),
                    description="matched reference: library voices over the recording's "
                                "background")
 

@@ -28,6 +28,7 @@ from prefect import flow, get_run_logger
 
 from stemloop.adapt.plots import curves_png, iterations_png, spectrogram_png
 from stemloop.adapt.quality import delivered_iteration, should_stop
+from stemloop.adapt.recipe import LoopRecipe, loop_recipe, recipe_file
 from stemloop.adapt.separate import input_stats
 from stemloop.config import Config, load_config
 from stemloop.datasets.audio import probe, read_audio, write_audio
@@ -40,7 +41,7 @@ from stemloop.tasks.library import ensure_library
 from stemloop.tasks.match import match_schema
 from stemloop.tasks.score import score_iteration
 from stemloop.tasks.separate import separate_file
-from stemloop.tasks.state import check_run_name, general_models, run_lock, state_dir
+from stemloop.tasks.state import check_run_name, run_lock, starting_models, state_dir
 from stemloop.tasks.tracking import Tracker, config_params
 
 
@@ -63,44 +64,115 @@ class Stopwatch:
 @flow(name="adapt-recording", log_prints=False, persist_result=False)
 def adapt_recording(recording: str, config_path: str | None = None,
                     overrides: list[str] | None = None, reference: str | None = None,
-                    run_name: str | None = None) -> dict[str, Any]:
-    """Adapt a model to ``recording`` and deliver its best stems; returns the report."""
+                    run_name: str | None = None, recipe: str | None = None) -> dict[str, Any]:
+    """Adapt a model to ``recording`` and deliver its best stems; returns the report.
+    With ``recipe`` (a name or a file) every step's model is adapted in turn, each on what
+    the steps before it left (``adapt_steps``)."""
     started = time.monotonic()
     config = load_config(config_path, overrides or [])
     info = input_stats(recording, config).info  # every sample finite, before heavy work
     digest = file_digest(recording)
-    models = general_models(config, info.sample_rate)
+    chain = loop_recipe(recipe_file(recipe)) if recipe else None
+    models = starting_models(config, info.sample_rate, chain)
     run_dir = run_folder(config, recording, digest, run_name, models)
     with run_lock(run_dir):  # one writer per run folder; a second run says so in one line
         return _adapt(recording, config, info.sample_rate, digest, models, run_dir, reference,
-                      started)
+                      started, chain)
 
 
-def _adapt(recording: str, config: Config, rate: int, digest: str, models: tuple[str, str],
-           run_dir: Path, reference: str | None, started: float) -> dict[str, Any]:
+def _adapt(recording: str, config: Config, rate: int, digest: str, models: tuple[str, ...],
+           run_dir: Path, reference: str | None, started: float,
+           chain: LoopRecipe | None = None) -> dict[str, Any]:
     state = state_dir(config)
     library = ensure_library(config.mixbus.library_dir, str(state / "library"),
                              config.mixbus.library_hours, config.mixbus.seed,
                              config.mixbus.library)
     tracker = Tracker(config, state)
+    extra = ({"recipe": chain.path,  # name=target per step, for `stemloop runs`
+              "recipe.steps": ",".join(f"{s.name}={s.target}" for s in chain.steps)}
+             if chain else {})
     params = config_params(config, ("loop", "cull", "train", "upscale", "score"),
-                           recording=recording)
+                           recording=recording, **extra)
     with tracker.run(f"{run_dir.parent.name}/{run_dir.name}", params,
                      {"stemloop.recording_sha256": digest, "stemloop.flow": "adapt"},
                      resume=str(run_dir)) as parent:
         matched = match_schema(recording, digest, config.mixbus.schema_path, library,
                                str(run_dir / "matched.yaml"))
         timed = Stopwatch()
-        history, stems, stopped = _iterate(recording, rate, models, reference,
-                                           config, run_dir, library, matched, tracker, parent,
-                                           timed)
-        with timed("deliver"):
-            report = deliver(run_dir, history, stems, stopped, recording, digest, parent,
-                             started, config)
+        if chain:
+            report = adapt_steps(recording, rate, chain, reference, config, run_dir, library,
+                                 matched, tracker, parent, timed)
+            report.update(recording_sha256=digest, mlflow_run_id=parent)
+        else:
+            history, stems, stopped = _iterate(recording, rate, models, reference,
+                                               config, run_dir, library, matched, tracker,
+                                               parent, timed)
+            with timed("deliver"):
+                report = deliver(run_dir, history, stems, stopped, recording, digest, parent,
+                                 started, config)
+        report["wall_s"] = round(time.monotonic() - started, 1)
         report["stages_s"] = {k: round(v, 1) for k, v in timed.stages.items()}
         write_json(run_dir / "report.json", report)
-        _log_delivery(tracker, parent, run_dir, report["best_iteration"])
+        if not chain:
+            _log_delivery(tracker, parent, run_dir, report["best_iteration"])
+        else:
+            tracker.artifact(parent, run_dir / "report.json")
     return report
+
+
+def adapt_steps(recording: str, rate: int, chain: LoopRecipe, reference: str | None,
+                config: Config, run_dir: Path, library: str, matched: str, tracker: Tracker,
+                parent: str | None, timed: Stopwatch) -> dict[str, Any]:
+    """The loop on every step of a recipe (patent 2.3: the self-iteration applies to each
+    source's model), in the recipe's order: step k adapts its model on what steps before
+    it delivered as their complement, stops on its own quality estimate and delivers its
+    best iteration into ``steps/<name>/`` (a two-stem run folder of its own, with its own
+    report.json and MLflow run). The recipe's stems are the steps' delivered targets and
+    the recording minus all of them (``rest``), so they sum to the recording. Each
+    step's metrics also go to the recipe's MLflow run as ``<step>/<metric>``."""
+    log = get_run_logger()
+    source, reports = recording, {}
+    for step in chain.steps:
+        begun = time.monotonic()
+        folder = run_dir / "steps" / step.name
+        step_config = config.model_copy(update={
+            "loop": config.loop.model_copy(update={"target": step.target})})
+        log.info("recipe step %s: adapting %s", step.name, Path(step.model).name)
+        with tracker.run(f"step-{step.name}", {"model": step.model, "loop.target": step.target},
+                         parent=parent, resume=f"step-{step.name}") as child:
+            history, stems, stopped = _iterate(source, rate, (step.model, step.model),
+                                               reference, step_config, folder, library,
+                                               matched, tracker, child, timed)
+            with timed("deliver"):
+                report = deliver(folder, history, stems, stopped, source, file_digest(source),
+                                 child, begun, step_config)
+        for k, metrics in enumerate(history):
+            tracker.metrics(parent, {f"{step.name}/{key}": value
+                                     for key, value in metrics.items()}, k)
+        reports[step.name] = report
+        source = next(path for name, path in report["final"].items() if name != step.target)
+    with timed("deliver"):
+        final = _recipe_stems(recording, chain, reports, run_dir / "final", config)
+    return {"recording": str(Path(recording).resolve()), "run_dir": str(run_dir),
+            "recipe": chain.path, "final": final,
+            "steps": {name: {key: report[key] for key in
+                             ("run_dir", "best_iteration", "stopped", "iterations", "final")}
+                      for name, report in reports.items()},
+            "target": {step.name: step.target for step in chain.steps}}
+
+
+def _recipe_stems(recording: str, chain: LoopRecipe, reports: dict[str, dict[str, Any]],
+                  final: Path, config: Config) -> dict[str, str]:
+    """The recipe's stems in ``final``: each step's delivered target, and the recording
+    minus all of them as ``chain.rest``, in the recording's format settings."""
+    mixture, rate = read_audio(recording)
+    stems = {step.name: read_audio(reports[step.name]["final"][step.target])[0]
+             for step in chain.steps}
+    stems[chain.rest] = mixture - sum(stems.values())
+    final.mkdir(parents=True, exist_ok=True)
+    return {name: str(write_audio(final / f"{name}.{config.io.output_format}", audio, rate,
+                                  config.io.output_subtype))
+            for name, audio in stems.items()}
 
 
 def _iterate(recording: str, rate: int, models: tuple[str, str], reference: str | None,

@@ -27,7 +27,7 @@ from stemloop.errors import UserError
 from stemloop.names import PSEUDO_SI_SDR, QUALITY, TRUTH_PREFIX, truth_si_sdr
 
 RUN_COLUMNS = ["recording", "run", "status", "best_iteration", "quality", "si_sdr",
-               "iterations", "started", "run_id"]
+               "iterations", "stems", "started", "run_id"]
 CURVE_KEYS = [QUALITY, PSEUDO_SI_SDR]
 
 
@@ -50,7 +50,11 @@ def _run_row(client, run) -> dict[str, Any]:
            "run": run.info.run_name, "status": run.info.status,
            "iterations": len(quality), "run_id": run.info.run_id,
            "started": pd.Timestamp(run.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M")}
-    if quality:
+    recipe = run.data.params.get("recipe.steps")
+    if recipe:
+        row["stems"] = "; ".join(_stem_summary(client, run, *step.split("=", 1))
+                                 for step in recipe.split(","))
+    elif quality:
         steps = sorted(quality)
         pseudo = {m.step: m.value for m in client.get_metric_history(run.info.run_id,
                                                                      PSEUDO_SI_SDR)}
@@ -66,6 +70,26 @@ def _run_row(client, run) -> dict[str, Any]:
     return row
 
 
+def _stem_summary(client, run, name: str, target: str) -> str:
+    """A recipe step in one cell: ``music: iteration 1, estimate 3.40 (0: 2.95), true 4.10``,
+    from the recipe run's ``<step>/...`` metrics (delivered as the loop delivers)."""
+    def history(key: str) -> dict[int, float]:
+        return {m.step: m.value for m in client.get_metric_history(run.info.run_id,
+                                                                   f"{name}/{key}")}
+
+    quality, pseudo = history(QUALITY), history(PSEUDO_SI_SDR)
+    if not quality:
+        return f"{name}: not scored yet"
+    steps = sorted(quality)
+    guard = run.data.params.get("loop.own_voice_guard_db", "None")
+    best = steps[delivered_iteration(
+        [{QUALITY: quality[s], **({PSEUDO_SI_SDR: pseudo[s]} if s in pseudo else {})}
+         for s in steps], None if guard == "None" else float(guard))]
+    text = f"{name}: iteration {best}, estimate {quality[best]:.2f} (0: {quality[0]:.2f})"
+    truth = history(truth_si_sdr(target))
+    return text + (f", true {truth[best]:.2f} (0: {truth[0]:.2f})" if best in truth else "")
+
+
 def load_report(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "report.json"
     try:
@@ -79,8 +103,32 @@ def load_report(run_dir: Path) -> dict[str, Any]:
 
 
 def report_html(run_dir: Path, seconds: float = 30.0) -> str:
-    """The run at ``run_dir`` as one self-contained HTML page."""
+    """The run at ``run_dir`` as one self-contained HTML page (a recipe's run: its stems,
+    then one section per step)."""
     report = load_report(run_dir)
+    name = Path(report["recording"]).name
+    if "steps" in report:
+        parts = [f"<h1>{html.escape(name)}: recipe {html.escape(Path(report['recipe']).stem)}"
+                 "</h1>", _recipe_facts(report),
+                 f"<h2>Listen (first {seconds:g} s of each)</h2>",
+                 _players(report["recording"], report["final"], seconds, {})]
+        for step, summary in report["steps"].items():
+            parts += [f"<h2>Step {html.escape(step)}: delivered iteration "
+                      f"{summary['best_iteration']} of {len(summary['iterations'])} "
+                      f"(stopped: {html.escape(summary['stopped'])})</h2>",
+                      *_run_parts(Path(summary["run_dir"]), summary, seconds, level=3)]
+    else:
+        parts = [f"<h1>{html.escape(name)}</h1>", _facts(report),
+                 *_run_parts(run_dir, report, seconds)]
+    title = html.escape(f"stemloop: {name} ({run_dir.name})")
+    return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{_STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+
+
+def _run_parts(run_dir: Path, report: dict[str, Any], seconds: float, level: int = 2
+               ) -> list[str]:
+    """Curves, metric table, spectrograms and players of one loop (a run, or a recipe's
+    step: then the players are its iteration 0 beside its delivered stems)."""
     history, best = report["iterations"], report["best_iteration"]
     truth = sorted(k for k in history[best] if k.startswith(TRUTH_PREFIX))
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,17 +136,26 @@ def report_html(run_dir: Path, seconds: float = 30.0) -> str:
                             Path(tmp) / "curves.png",
                             f"stopped: {report['stopped']}; delivered iteration {best}")
         curves_tag = _img(curves.read_bytes(), "metric curves across iterations")
-    parts = [f"<h1>{html.escape(Path(report['recording']).name)}</h1>",
-             _facts(report),
-             "<h2>Metrics across iterations</h2>", curves_tag, _metric_table(history, best),
-             "<h2>Spectrograms: iteration 0 (general model) and the delivered iteration</h2>",
-             _spectrograms(run_dir, list(report["final"]), best),
-             f"<h2>Listen (first {seconds:g} s of each)</h2>",
-             _players(report["recording"], report["final"], seconds,
-                      _general_stems(run_dir, list(report["final"])) if best else {})]
-    title = html.escape(f"stemloop: {Path(report['recording']).name} ({run_dir.name})")
-    return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{title}</title>"
-            f"<style>{_STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+    general = _general_stems(run_dir, list(report["final"])) if best else {}
+    h = f"h{level}"
+    return [f"<{h}>Metrics across iterations</{h}>", curves_tag,
+            _metric_table(history, best),
+            f"<{h}>Spectrograms: iteration 0 (general model) and the delivered iteration</{h}>",
+            _spectrograms(run_dir, list(report["final"]), best),
+            f"<{h}>Listen (first {seconds:g} s of each)</{h}>",
+            _players(report.get("recording"), report["final"], seconds, general)
+            if level == 2 else _players(None, report["final"], seconds, general)]
+
+
+def _recipe_facts(report: dict[str, Any]) -> str:
+    facts = {"recording": report["recording"], "SHA-256": report["recording_sha256"][:16],
+             "recipe": report["recipe"], "run folder": report["run_dir"],
+             **{f"step {name}": f"delivered iteration {s['best_iteration']} of "
+                                f"{len(s['iterations'])} (stopped: {s['stopped']})"
+                for name, s in report["steps"].items()},
+             "wall time": f"{report['wall_s']:.0f} s",
+             "MLflow run": report.get("mlflow_run_id") or "(tracking off)"}
+    return _table(facts)
 
 
 _STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
@@ -114,6 +171,10 @@ def _facts(report: dict[str, Any]) -> str:
              "iterations": len(report["iterations"]), "stopped": report["stopped"],
              "wall time": f"{report['wall_s']:.0f} s",
              "MLflow run": report.get("mlflow_run_id") or "(tracking off)"}
+    return _table(facts)
+
+
+def _table(facts: dict[str, Any]) -> str:
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                    for k, v in facts.items())
     return f"<table>{rows}</table>"
@@ -144,9 +205,9 @@ def _general_stems(run_dir: Path, stems: list[str]) -> dict[str, str]:
             str(run_dir / "iter-000" / "stems" / f"{name}.wav") for name in stems}
 
 
-def _players(recording: str, final: dict[str, str], seconds: float,
+def _players(recording: str | None, final: dict[str, str], seconds: float,
              general: dict[str, str]) -> str:
-    sources = {"recording (input)": recording,
+    sources = {**({"recording (input)": recording} if recording else {}),
                **{f"delivered: {name}": path for name, path in final.items()}, **general}
     rows = []
     for name, path in sources.items():

@@ -67,17 +67,22 @@ def reference_scores(stems: dict[str, torch.Tensor], mixture: torch.Tensor, fold
     """True SI-SDR(i) of each stem against ground truth in ``folder`` (evaluation only).
 
     A stem with a file of its own name is compared with it; the complement with the
-    sum of the reference files no stem is named after.
+    sum of the reference files no stem is named after, when the reference files sum to
+    ``mixture`` (a recipe's later step separates what earlier steps left, whose complement
+    has no truth among them).
     """
     files = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in AUDIO}
     truth = {name: read_audio(path)[0] for name, path in files.items()}
+    whole = sum(truth.values())
+    sums = (isinstance(whole, torch.Tensor) and whole.shape == mixture.shape
+            and float(si_sdr(mixture, whole).mean()) > 30.0)
     result = {}
     for name, stem in stems.items():
         if name in truth:
             ref = truth[name]
         else:
             others = [t for n, t in truth.items() if n not in stems]
-            if not others:
+            if not others or not sums:
                 continue
             ref = sum(others)
         if ref.shape != stem.shape:

@@ -25,10 +25,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from stemloop.config import CONFIG_DIR, Config, result_train
 from stemloop.errors import UserError
+
+if TYPE_CHECKING:
+    from stemloop.adapt.recipe import LoopRecipe
 
 
 def state_dir(config: Config | None = None) -> Path:
@@ -67,6 +70,15 @@ def general_models(config: Config, rate: int) -> tuple[str, str]:
                         "spleeter --config general-spleeter` or pass --set loop.model=CHECKPOINT")
     own = GENERAL_MODEL / f"model-{rate}.pt"
     return str(working), str(own if own.is_file() else working)
+
+
+def starting_models(config: Config, rate: int, chain: LoopRecipe | None) -> tuple[str, ...]:
+    """What the loop starts from, the files the run folder's name depends on: the general
+    model's working-rate and recording-rate checkpoints, or a recipe's file and its steps'
+    models (``loop_recipe``: a one-line error if unusable)."""
+    if chain is None:
+        return general_models(config, rate)
+    return (chain.path, *(step.model for step in chain.steps))
 
 
 def tracking_uri(state: Path, config: Config | None = None) -> str:

@@ -224,3 +224,69 @@ def test_the_loop_adapts_the_pretrained_spleeter_model(tiny_library, recording, 
     mixture, _ = sf.read(source, dtype="float32")
     stems = [sf.read(p, dtype="float32")[0] for p in report["final"].values()]
     assert np.abs(sum(stems) - mixture).max() < 1e-5
+
+
+@pytest.mark.slow
+def test_adapt_with_a_recipe_adapts_every_step_on_what_the_previous_left(
+        prefect_harness, tiny_library, recording, tmp_path, capsys):
+    """`adapt --recipe`: each step's model goes through the loop on the complement the step
+    before delivered; the recipe's stems sum to the recording; per-step reports, MLflow runs
+    and metrics; the noise step trains with the noise as its target."""
+    from mlflow import MlflowClient
+
+    from stemloop.datasets.mixbus_yaml import load_schema
+    from stemloop.flows.cli.main import main
+    from stemloop.flows.review import report_html, runs_table
+    from stemloop.tasks.state import state_dir, tracking_uri
+
+    source, truth, dialogue_model = recording
+    torch.manual_seed(1)
+    config = load_config("smoke").model.model_copy(update={"targets": ["noise"]})
+    noise_model = save_checkpoint(tmp_path / "noise.pt", build_model(config, RATE))
+    recipe = tmp_path / "two.yaml"
+    recipe.write_text(f"name: two\nsteps:\n  - {{name: dialogue, models: [{dialogue_model}]}}\n"
+                      f"  - {{name: hum, models: [{noise_model}]}}\nrest: other\n")
+    before = source.read_bytes()
+    argv = ["adapt", str(source), "--config", "smoke", "--recipe", str(recipe),
+            "--reference", str(truth), "--set", f"mixbus.library_dir={tiny_library}",
+            "--set", "loop.max_iterations=1"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "hum" in printed and "other" in printed
+    assert source.read_bytes() == before
+    run_dir = next((state_dir() / "runs").glob("scene-*/run-*"))
+    report = json.loads((run_dir / "report.json").read_text())
+    assert list(report["final"]) == ["dialogue", "hum", "other"]
+    mixture, rate = sf.read(source, dtype="float32")
+    stems = {n: sf.read(p, dtype="float32")[0] for n, p in report["final"].items()}
+    assert all(s.shape == mixture.shape for s in stems.values())
+    assert np.abs(sum(stems.values()) - mixture).max() < 1e-5
+    steps = report["steps"]
+    assert list(steps) == ["dialogue", "hum"]
+    for name, step in steps.items():
+        assert len(step["iterations"]) == 2  # iteration 0 + one adaptation
+        assert (run_dir / "steps" / name / "iter-001" / "model" / "model-16000.pt").is_file()
+    # the hum step separated what the dialogue step delivered as its complement
+    hum_input = json.loads((run_dir / "steps" / "hum" / "iter-000" / "stems" /
+                            "separation.json").read_text())
+    assert hum_input["input"] == steps["dialogue"]["final"]["background"]
+    np.testing.assert_array_equal(
+        stems["dialogue"], sf.read(steps["dialogue"]["final"]["dialogue"], dtype="float32")[0])
+    schema = load_schema(run_dir / "steps" / "hum" / "iter-000" / "dataset" / "schema.yaml")
+    assert (schema.targets[0].name, schema.targets[0].bus) == ("noise", "noise")
+    # truth for the steps' targets only: the hum step's input is not the sum of the truth
+    assert "reference/si_sdr_dialogue" in steps["dialogue"]["iterations"][0]
+    assert not any(k.startswith("reference/") for k in steps["hum"]["iterations"][0])
+    client = MlflowClient(tracking_uri(state_dir()))
+    parent = client.get_run(report["mlflow_run_id"])
+    history = client.get_metric_history(parent.info.run_id, "hum/quality/estimate")
+    assert [m.step for m in history] == [0, 1]
+    table = runs_table(client, "stemloop")
+    row = table[table.run_id == parent.info.run_id].iloc[0]
+    assert "hum" in row["stems"] and "dialogue" in row["stems"]
+    page = report_html(run_dir)
+    assert page.count("<audio") >= 4 and "Step hum: delivered iteration" in page
+    capsys.readouterr()
+    assert main(["runs"]) == 0
+    listed = capsys.readouterr().out
+    assert "(recipe):" in listed and "  hum: iteration" in listed and "true" in listed

@@ -36,6 +36,15 @@ def stems(write_wav, leak_db: float, pauses: bool = True) -> dict[str, Path]:
             "background": write_wav("background.wav", background, RATE)}
 
 
+def node(tree: dict, *path: str) -> dict:
+    """The node at ``path`` (names from the top) of a dumped schema."""
+    nodes = tree["buses"]
+    for name in path:
+        found = next(n for n in nodes if n["name"] == name)
+        nodes = found.get("children", [])
+    return found
+
+
 def build(tmp_path: Path, files: dict[str, Path]) -> dict:
     schema = load_schema(ROOT / "configs" / "mixbus" / "dialogue.yaml")
     return build_iteration(files, "dialogue", 0, load_config(), tmp_path / "iter-000", schema,
@@ -137,13 +146,6 @@ def test_balance_puts_library_examples_at_the_recordings_levels_without_stacked_
         return (yaml.safe_load(Path(record.schema_path).read_text()),
                 yaml.safe_load((tmp_path / folder / "reference.yaml").read_text()))
 
-    def node(tree: dict, *path: str) -> dict:
-        nodes = tree["buses"]
-        for name in path:
-            found = next(n for n in nodes if n["name"] == name)
-            nodes = found.get("children", [])
-        return found
-
     trained, reference = schemas(True, "balanced")
     share = load_config().loop.background_share
     for tree in (trained, reference):
@@ -179,3 +181,38 @@ def test_balance_puts_library_examples_at_the_recordings_levels_without_stacked_
                                          0.7, balance=True))
     assert node(lone, "sources", "music")["probability"] == 0.8
     assert node(lone, "sources", "music", "ensemble")["lufs"] == [-34.0, -26.0]
+
+
+def test_a_music_or_noise_step_trains_its_own_class_as_the_target():
+    """A recipe's music (noise) step: the recording's culled music (noise) joins the library's
+    music (noise) as the target, its culled complement goes where the target is not."""
+    from stemloop.datasets.adaptset import adaptation_schema, reference_schema
+
+    schema = load_schema(ROOT / "configs" / "mixbus" / "dialogue.yaml")
+    own, rest = [Path("own.wav")], [Path("rest.wav")]
+
+    def recording_in(tree: dict) -> list[str]:
+        found = []
+
+        def walk(nodes, path):
+            for n in nodes:
+                here = f"{path}/{n['name']}" if path else n["name"]
+                if n["name"] == "recording":
+                    found.append(f"{path}:{Path(n['feed']['files'][0]).name}")
+                walk(n.get("children", []), here)
+        walk(tree["buses"], "")
+        return sorted(found)
+
+    cases = {"dialogue": ("sources/voices", ["noise:rest.wav", "sources/voices:own.wav"]),
+             "music": ("sources/music", ["noise:rest.wav", "sources/music:own.wav"]),
+             "noise": ("noise", ["noise:own.wav", "sources:rest.wav"])}
+    for target, (bus, placed) in cases.items():
+        built = adaptation_schema(own, rest, schema, target, 0.5, [], (-20.0, -30.0), 0.7)
+        assert (built.targets[0].name, built.targets[0].bus) == (target, bus)
+        assert len({t.bus for t in built.targets}) == len(built.targets) == 3
+        tree = dump_schema(built)
+        assert recording_in(tree) == placed
+        assert node(tree, *bus.split("/"))["probability"] == 1.0  # the target in every example
+        reference = reference_schema(schema, rest, target, -30.0)
+        assert reference.targets[0].bus == bus
+        assert recording_in(dump_schema(reference)) == [p for p in placed if "rest" in p]

@@ -171,20 +171,49 @@ def test_bad_recipes_are_one_line_errors(tmp_path: Path):
                      "        {name: a, models: [voice.pt]}]\n")
     with pytest.raises(ConfigError, match="share a name"):
         load_recipe(twice, RATE)
+    cycle = tmp_path / "cycle.yaml"  # a YAML alias can make a step contain itself
+    cycle.write_text("name: x\nsteps:\n  - &s {name: a, models: [voice.pt], steps: [*s]}\n")
+    with pytest.raises(ConfigError, match="cycle.yaml: recipe key 'steps.0.steps.0'.*cyclic"):
+        read_recipe(cycle)
+
+
+def test_adapt_takes_a_chain_of_one_model_steps_and_says_why_not_in_one_line(tmp_path: Path):
+    from stemloop.adapt.recipe import loop_recipe
+
+    recipe = write_recipe(tmp_path)
+    with pytest.raises(ConfigError, match="recipe.yaml: recipe step 'voice': .*splits its stem"):
+        loop_recipe(recipe)
+    two = tmp_path / "two.yaml"
+    two.write_text("name: x\nsteps: [{name: drums, models: [drums-a.pt, drums-b.pt]}]\n")
+    with pytest.raises(ConfigError, match="step 'drums': .*several models"):
+        loop_recipe(two)
+    chain = tmp_path / "chain.yaml"
+    chain.write_text("name: c\nsteps: [{name: voice, models: [voice.pt]},\n"
+                     "        {name: hiss, models: [voice.pt], target: noise}]\nrest: left\n")
+    found = loop_recipe(chain)
+    assert [(s.name, s.target) for s in found.steps] == [("voice", "voice"), ("hiss", "noise")]
+    assert found.rest == "left" and found.steps[0].model == str(tmp_path / "voice.pt")
+    chain.write_text("name: c\nsteps: [{name: voice, models: [gone.pt]}]\n")
+    with pytest.raises(ConfigError, match="step 'voice': .*gone.pt"):
+        loop_recipe(chain)
 
 
 def test_a_recipe_is_named_or_given_as_a_file(tmp_path: Path):
     from stemloop.adapt.recipe import recipe_file
     from stemloop.errors import UserError
 
-    assert recipe_file("dialogue-clean").name == "dialogue-clean.yaml"
+    assert recipe_file("archive").name == "archive.yaml"
     mine = tmp_path / "mine.yaml"
     assert recipe_file(mine) == mine  # a path stays a path, present or not
-    with pytest.raises(UserError, match="no recipe of that name.*dialogue-clean"):
+    with pytest.raises(UserError, match="no recipe of that name.*archive"):
         recipe_file("nosuch")
 
 
-@pytest.mark.parametrize("path", sorted(Path("configs/recipes").glob("*.yaml")))
+@pytest.mark.parametrize("path", sorted(Path("configs/recipes").rglob("*.yaml")))
 def test_shipped_recipes_are_valid(path: Path):
     spec = read_recipe(path)
     assert spec.steps
+    from stemloop.adapt.recipe import model_files
+
+    if path.parent.name == "recipes":  # offered by name: every model it names is shipped
+        assert all(f.is_file() for f in model_files(path)), path

@@ -167,7 +167,7 @@ def test_recipe_post_step_moves_what_it_removes_to_the_complement(tmp_path):
 
 
 def test_example_recipe_names_the_general_model_then_the_artefact_model():
-    files = model_files(CONFIG_DIR / "recipes/dialogue-clean.yaml")
+    files = model_files(CONFIG_DIR / "recipes/shapes/dialogue-clean.yaml")
     assert [f.parent.name for f in files] == ["general-dialogue-v2", "artefacts-v1"]
 
 

@@ -135,7 +135,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
         out.print(f"no adaptation runs in MLflow experiment '{config.tracking.experiment}' "
                   f"at {tracker.uri}")
         return 0
-    out.print(table.fillna("").to_string(index=False))
+    out.print(table.drop(columns="stems").fillna("").to_string(index=False))
+    for row in table[table["stems"].notna()].itertuples():  # recipe runs: a line per stem
+        out.print(f"{row.recording} {row.run} (recipe):")
+        for stem in row.stems.split("; "):
+            out.print(f"  {stem}")
     if csv:
         write_new_file(csv, table.to_csv(index=False), "--csv")
     return 0
