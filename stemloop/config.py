@@ -139,6 +139,7 @@ class UpscaleConfig(Section):
     new_layers_lr: float = Field(gt=0.0, le=1.0)
     inherited_lr_scale: float = Field(gt=0.0, le=1.0)
     margin_db: float = Field(ge=0.0, le=60.0)
+    min_high_band_db: float = Field(le=0.0)
 
 
 class ScoreWeights(Section):

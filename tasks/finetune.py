@@ -14,6 +14,7 @@ only that resume: they are removed once the task has its result, which the cache
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,13 @@ from prefect import get_run_logger
 from stemloop import datasets
 from stemloop.adapt.checkpoint import load_checkpoint, save_checkpoint
 from stemloop.adapt.train import Run, train
-from stemloop.adapt.upscale import FineTuned, can_upscale, keeps_upscaled, upscale
+from stemloop.adapt.upscale import (
+    FineTuned,
+    can_upscale,
+    keeps_upscaled,
+    reference_has_band,
+    upscale,
+)
 from stemloop.config import Config
 from stemloop.datasets.adaptset import holdout_pairs, reference_pairs
 from stemloop.datasets.batches import TrainingData
@@ -35,15 +42,17 @@ from stemloop.tasks.train import CODE, progress_logger
 def _inputs(parameters: dict[str, Any]):
     config: Config = parameters["config"]
     settings = (config.train, config.upscale, config.loop, parameters["rate"],
-                parameters["folder"])
+                parameters["folder"], parameters["high_band_db"])
     return ([parameters["model"], parameters["schema"], parameters["holdout"]],
             (*CODE, datasets.adaptset), settings)
 
 
 @cached_task(name="fine-tune", cache_key_fn=content_key(_inputs))
 def finetune(model: str, schema: str, library: str | None, holdout: str, folder: str,
-             rate: int, config: Config, run_id: str | None) -> FineTuned:
-    """The fine-tuned model's checkpoints at the working rate and for the recording."""
+             rate: int, config: Config, run_id: str | None, high_band_db: float = -math.inf
+             ) -> FineTuned:
+    """The fine-tuned model's checkpoints at the working rate and for the recording
+    (``high_band_db``: the recording's energy above 11 kHz, ``energy_above_db``)."""
     work = Path(folder)
     current = load_checkpoint(model).model
     data = TrainingData(schema, library, [config.loop.target], work / "pools",
@@ -61,7 +70,14 @@ def finetune(model: str, schema: str, library: str | None, holdout: str, folder:
           keep_start=True)
     working = save_checkpoint(work / f"model-{current.sample_rate}.pt", current)
     recording = working
-    if config.loop.upscale and can_upscale(current, rate):
+    floor = config.upscale.min_high_band_db
+    if config.loop.upscale and can_upscale(current, rate, high_band_db, floor) \
+            and not reference_has_band(current, val, floor):
+        get_run_logger().info(
+            f"not widening: the recording holds content above 11 kHz ({high_band_db:.1f} dB), "
+            "but the matched reference's voices hold none, so it could not tell whether a "
+            "band head pays (the library has no full-band speech)")
+    elif config.loop.upscale and can_upscale(current, rate, high_band_db, floor):
         high, report = upscale(current, rate, data_for, config.upscale, config.train, work,
                                progress_logger(config, run_id, config.upscale.new_layers_steps
                                                + config.upscale.all_steps))

@@ -177,3 +177,86 @@ def test_fine_tuning_spleeter_twice_gives_the_same_weights(tmp_path):
         train(model, batches, val, config, Run(tmp_path / name), steps=3)
         tuned.append(model.state_dict())
     assert all(torch.equal(tuned[0][k], tuned[1][k]) for k in tuned[0])
+
+
+def airy_example(seed: int, seconds: float = 1.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """A voice with its air above 11 kHz (noise gated by the voice), over a low tone and a
+    steady hiss above 11 kHz: ``(mixture (1, 1, T), sources (1, 2, 1, T))``."""
+    gen = torch.Generator().manual_seed(seed)
+    voice = torch.from_numpy(speechlike(RATE, seconds, seed, peak=0.3)).float()
+    n = len(voice)
+
+    def high(noise: torch.Tensor) -> torch.Tensor:  # above 11.5 kHz, by FFT
+        spec = torch.fft.rfft(noise)
+        spec[: int(11500 / RATE * n)] = 0
+        return torch.fft.irfft(spec, n)
+
+    envelope = torch.nn.functional.avg_pool1d(voice.abs()[None], 441, 1, 220)[0][:n]
+    air = high(torch.randn(n, generator=gen)) * envelope * 2.0
+    hiss = high(torch.randn(n, generator=gen)) * 0.004
+    tone = 0.05 * torch.sin(2 * torch.pi * 220 * torch.arange(n) / RATE)
+    target, rest = voice + air, tone + hiss
+    sources = torch.stack([target, rest])[None, :, None]
+    return sources.sum(1), sources
+
+
+def test_widening_keeps_the_unets_starts_as_the_parent_and_round_trips(spleeter, tmp_path):
+    from stemloop.adapt.checkpoint import save_checkpoint
+    from stemloop.adapt.pretrained import bandwidth, widen
+    from stemloop.adapt.upscale import can_upscale
+
+    wide = widen(spleeter)
+    assert bandwidth(spleeter) == 11025 and bandwidth(wide) == RATE / 2
+    parent = spleeter.state_dict()
+    assert all(torch.equal(v, parent[k]) for k, v in wide.state_dict().items()
+               if not k.startswith("head."))
+    mixture, _ = airy_example(0)
+    with torch.no_grad():
+        assert (wide.eval()(mixture) - spleeter(mixture)).abs().max() < 1e-3
+    groups = parameter_groups(wide, "new-layers", 1e-3)
+    trained = {id(p) for g in groups for p in g["params"] if p.requires_grad}
+    assert trained == {id(p) for p in wide.head.parameters()}  # the U-Nets frozen
+    with torch.no_grad():
+        wide.head.net[-1].bias.add_(3.0)
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "wide.pt", wide, delta=True)).model
+    with torch.no_grad():
+        assert torch.allclose(loaded(mixture), wide(mixture), atol=1e-5)
+    # the loop widens only a model that lacks the band, for a recording that has content there
+    assert can_upscale(spleeter, 48000, -30.0) and can_upscale(spleeter, 44100, -44.0)
+    assert not can_upscale(spleeter, 48000, -70.0)  # a band-limited transfer: nothing to gain
+    assert not can_upscale(spleeter, 22050, -30.0) and not can_upscale(wide, 48000, -30.0)
+    # ... and only when the reference that judges it has voices with that band
+    from stemloop.adapt.upscale import reference_has_band
+    from stemloop.datasets.audio import resample
+
+    airy = [airy_example(1)]
+    dull = [(resample(resample(m, RATE, 16000), 16000, RATE),
+             resample(resample(s, RATE, 16000), 16000, RATE)) for m, s in airy]
+    assert reference_has_band(spleeter, airy, -45.0)
+    assert not reference_has_band(spleeter, dull, -45.0)
+
+
+@pytest.mark.slow
+def test_the_band_head_learns_to_give_the_voice_its_air(spleeter, tmp_path):
+    """Stage new-layers with the U-Nets frozen: the head gives the target the air above
+    11 kHz that the parent sent to the complement, and leaves the steady hiss there."""
+    from stemloop.adapt.pretrained import widen
+    from stemloop.adapt.train import Run, train, validate
+    from stemloop.config import load_config
+    from stemloop.names import VAL_SI_SDR
+
+    pool = [airy_example(seed, 1.0) for seed in range(4)]
+    val = [airy_example(100, 1.0)]
+
+    def batches(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        chosen = [pool[(2 * step + k) % len(pool)] for k in range(2)]
+        return torch.cat([m for m, _ in chosen]), torch.cat([s for _, s in chosen])
+
+    before = validate(spleeter, val)[VAL_SI_SDR]
+    wide = widen(spleeter)
+    config = load_config("smoke").train.model_copy(update={"val_every": 10})
+    train(wide, batches, val, config, Run(tmp_path / "run"), stage="new-layers", steps=20,
+          lr=1e-2)
+    after = validate(wide, val)[VAL_SI_SDR]
+    print(f"band head: {before:.2f} -> {after:.2f} dB")
+    assert after > before + 1.0, (before, after)
