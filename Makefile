@@ -31,6 +31,7 @@ DEBS := espeak-ng festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k
         festival-czech festvox-czech-machac festvox-italp16k csound-soundfont sox \
         warzone2100-music frozen-bubble-data fillets-ng-data-cs fillets-ng-data-nl \
         flare-game hedgewars-data \
+        tuxpaint-stamps-default \
         postgresql
 
 # pip's notes about this machine's optional local package mirrors are noise.

@@ -86,6 +86,20 @@ DEV_SPECS = (
     MixSpec("drama-cs-nl-48k", 712, ("fillets-cs-v", "fillets-nl-m"), "warzone2100",
             f"{WZ_LEGACY}/track13.opus", "", 22.0, 48000),
 )
+# Full band (issue 21): six 48 kHz film-like mixtures (the modern chain: no band limit,
+# light hiss and hum) of voices read at 44.1 kHz with real energy above 11 kHz (tuxpaint's
+# Bulgarian and Danish, held out of the library) over real recorded music.
+FULLBAND_SPECS = tuple(
+    MixSpec(name, seed, voices, "warzone2100", track, "", seconds, 48000, "modern")
+    for name, seed, voices, track, seconds in (
+        ("read-bg-48k", 801, ("tuxpaint-bg",), f"{WZ_LEGACY}/track4.opus", 30.0),
+        ("read-da-48k", 802, ("tuxpaint-da",), f"{WZ_AFTER}/track18.opus", 30.0),
+        ("talk-bg-da-48k", 803, ("tuxpaint-bg", "tuxpaint-da"), f"{WZ_LEGACY}/track7.opus",
+         36.0),
+        ("talk-da-bg-48k", 804, ("tuxpaint-da", "tuxpaint-bg"), f"{WZ_AFTER}/track19.opus",
+         36.0),
+        ("scene-bg-48k", 805, ("tuxpaint-bg",), f"{WZ_LEGACY}/track11.opus", 40.0),
+        ("scene-da-48k", 806, ("tuxpaint-da",), f"{WZ_AFTER}/track23.opus", 40.0)))
 SOURCES = {  # what the development set is made of, and under which licences
     "music": {"warzone2100-music": "GPL-2+ (Warzone 2100 soundtracks)",
               "frozen-bubble-data": "GPL-2 (Frozen Bubble music)"},
@@ -95,6 +109,12 @@ SOURCES = {  # what the development set is made of, and under which licences
                "pocketsphinx-testdata": "public domain (LibriVox)"},
     "noise": "synthesised by datasets/archival_mix.py (hiss, hum, crackle, clicks, dropouts)",
 }
+FULLBAND_SOURCES = {
+    "music": {"warzone2100-music": "GPL-2+ (Warzone 2100 soundtracks)"},
+    "voices": {"tuxpaint-stamps-default": "GPL-2 (Bulgarian and Danish stamp descriptions, "
+                                          "44.1 kHz; held out of the library)"},
+    "noise": "synthesised by datasets/archival_mix.py (light hiss and hum)",
+}
 # Fixed before any tuning: both halves hold every rate, language and music source.
 DEV_SPLIT = {
     "tune": ("drama-nl-16k", "notice-fr-16k", "drama-nl-22k", "talk-fr-cs-44k",
@@ -103,7 +123,8 @@ DEV_SPLIT = {
                "drama-cs-48k", "talk-fr-nl-48k"),
 }
 SETS = {"demo": (SPECS, ROOT / "bench" / "out" / "demo-set"),
-        "dev": (DEV_SPECS, ROOT / "bench" / "out" / "dev-set")}
+        "dev": (DEV_SPECS, ROOT / "bench" / "out" / "dev-set"),
+        "fullband": (FULLBAND_SPECS, ROOT / "bench" / "out" / "fullband-set")}
 
 # The festival voices used here; a library manifest that names them is not held out.
 HELD_OUT_VOICES = ("czech_machac", "lp_diphone")
@@ -165,7 +186,7 @@ def build(out: Path, specs: tuple[MixSpec, ...], manifest: Path | None = None) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--set", choices=sorted(SETS), default="demo", dest="which",
-                        help="the demo set (default) or the development set")
+                        help="the demo set (default), the development set or the full-band set")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/out/<set>-set")
     parser.add_argument("--only", nargs="*", default=None, help="mixture names to build")
     parser.add_argument("--library-manifest", type=Path, default=DEFAULT_MANIFEST,
@@ -179,6 +200,8 @@ def main() -> None:
     build(out, specs, args.library_manifest)
     if args.which == "dev":
         write_json(out / "split.json", {**DEV_SPLIT, "sources": SOURCES})
+    if args.which == "fullband":
+        write_json(out / "sources.json", FULLBAND_SOURCES)
     print(f"wrote {len(specs)} mixtures to {out}")
 
 

@@ -35,6 +35,8 @@ class MixSpec:
     font: str                   # sf_GMbank | pluck | reed ("" for recorded music)
     seconds: float = 30.0
     rate: int = 16000
+    chain: str = "archival"     # archival (band-limited, resonant, noisy) | modern (full band,
+                                # light hiss and hum: a film mix at 48 kHz)
 
 
 def _draw(rng: random.Random) -> dict[str, Any]:
@@ -113,6 +115,9 @@ def build_mixture(spec: MixSpec) -> tuple[dict[str, np.ndarray], dict[str, Any]]
     gen = torch.Generator().manual_seed(spec.seed)
     frames = int(spec.seconds * spec.rate)
     p = _draw(rng)
+    if spec.chain == "modern":  # drawn after the archival settings: those specs stay as built
+        p.update(hiss_db=round(rng.uniform(-44, -34), 1), hum_db=round(rng.uniform(-56, -46), 1),
+                 crackle_db=-120.0, clicks=0, dropouts=0)
     speech, lines = _dialogue(spec, rng, frames)
     if spec.composer in RECORDED_MUSIC:
         music, music_meta = recorded_music(spec.composer, spec.score, spec.rate, spec.seconds,
@@ -134,6 +139,9 @@ def build_mixture(spec: MixSpec) -> tuple[dict[str, np.ndarray], dict[str, Any]]
     stems = {}
     for name, x in (("dialogue", dialogue), ("music", score), ("noise", hiss)):
         # The recording chain: tape (dropouts) then the band-limited, resonant playback.
+        if spec.chain == "modern":
+            stems[name] = x * env
+            continue
         x = augment.bandpass(x * env, spec.rate, *p["band_hz"], float(p["band_order"]))
         stems[name] = augment.peaking(x, spec.rate, p["resonance"]["hz"], p["resonance"]["db"],
                                       p["resonance"]["oct"])

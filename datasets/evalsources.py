@@ -54,7 +54,12 @@ ITALIAN = ["Buona sera, signore e signori, e benvenuti al nostro programma.",
 # big fish ("v") are two actors per language; the library speaks only the English acting.
 FILLETS = Path("/usr/share/games/fillets-ng/sound")
 ACTED = {f"fillets-{lang}-{who}": (lang, who) for lang in ("cs", "nl") for who in ("m", "v")}
-VOICES = ("allison", "armelle", "librivox", "czech", "italian", *ACTED)
+TUXPAINT = Path("/usr/share/tuxpaint/stamps")
+FULL_BAND_HELD_OUT = ("bg", "da")  # tuxpaint's Bulgarian and Danish voices: full-band evaluation
+# Full-band read voices (tuxpaint-stamps-default, GPL-2; 44.1 kHz, one volunteer per
+# language): Bulgarian and Danish, the languages the library never reads (FULL_BAND_HELD_OUT).
+READ = {"tuxpaint-bg": "bg", "tuxpaint-da": "da"}
+VOICES = ("allison", "armelle", "librivox", "czech", "italian", *ACTED, *READ)
 # Real recorded music (game soundtracks); the library renders scores only.
 RECORDED_MUSIC = {  # source: (folder, Debian package, licence)
     "warzone2100": (Path("/usr/share/games/warzone2100/music/albums"), "warzone2100-music",
@@ -77,12 +82,17 @@ def check_not_evaluation(paths: list[str | Path], what: str) -> None:
                          f"({len(bad)} files; see datasets/evalsources.py)")
 
 
+HELD_OUT_FILES = tuple(str(TUXPAINT / f"*_desc_{lang}.ogg") for lang in FULL_BAND_HELD_OUT)
+
+
 def is_held_out(path: str | Path) -> bool:
-    """Whether ``path`` is evaluation material (the demo and development sets' sources)."""
+    """Whether ``path`` is evaluation material (the demo, development and full-band sets'
+    sources)."""
     from fnmatch import fnmatch
 
     text = str(path)
-    return any(fnmatch(text, f"{folder}/*") for folder in HELD_OUT_FOLDERS)
+    return (any(fnmatch(text, f"{folder}/*") for folder in HELD_OUT_FOLDERS)
+            or any(fnmatch(text, pattern) for pattern in HELD_OUT_FILES))
 
 
 def _resample(x: np.ndarray, rate_in: int, rate: int) -> np.ndarray:
@@ -166,6 +176,10 @@ def speech_line(voice: str, rng: random.Random, rate: int) -> tuple[np.ndarray, 
         files = sorted(FILLETS.glob(f"*/{lang}/*-{who}-*.ogg"))
         line, names = _prompt_line(files, rng, rng.uniform(2.5, 6.0), rate)
         meta = {"package": f"fillets-ng-data-{lang}", "files": names}
+    elif voice in READ:
+        files = sorted(TUXPAINT.rglob(f"*_desc_{READ[voice]}.ogg"))
+        line, names = _prompt_line(files, rng, rng.uniform(2.5, 6.0), rate)
+        meta = {"package": "tuxpaint-stamps-default", "files": names}
     else:
         raise ValueError(f"unknown voice {voice!r}; choose from {VOICES}")
     return line / (np.sqrt(np.mean(line**2)) + 1e-9), {"voice": voice, **meta}

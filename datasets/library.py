@@ -160,7 +160,7 @@ def _speech_jobs(seed: int, cfg: LibraryConfig) -> Iterator[Job]:
     """TTS clips, with recorded voices (if installed) as every third job until used up."""
     from stemloop.datasets.speech import NATURAL_CLIP_S, recorded_clips
 
-    recorded = recorded_clips(seed) if cfg.recorded_speech else []
+    recorded = recorded_clips(seed, cfg.full_band_speech) if cfg.recorded_speech else []
     index = 0
     while True:
         if recorded and index % 3 == 2:

@@ -50,6 +50,13 @@ NATURAL_VOICES = {"fr_CA_f_June": ("asterisk-core-sounds-fr-wav", "fr", "female"
                   "ru_RU_f_IvrvoiceRU": ("asterisk-core-sounds-ru-wav", "ru", "female")}
 NATURAL_CLIP_S = 8.0
 NATURAL_GAP_S = 0.3
+# tuxpaint-stamps-default (GPL-2): each stamp's description read by one volunteer per
+# language, 44.1 kHz Vorbis phrases with real energy above 11 kHz (-28 to -45 dB of the
+# whole, moving with the voice: bench/RESULTS.md, "Full band"): the library's full-band
+# voices, with `mixbus.library.full_band_speech`. Bulgarian and Danish are held out as
+# full-band evaluation material (datasets/evalsources.py).
+TUXPAINT_DIR = Path("/usr/share/tuxpaint/stamps")
+FULL_BAND_LANGUAGES = ("ru", "be", "es", "ro")
 
 
 def _run(cmd: list[str], timeout: float) -> None:
@@ -136,22 +143,24 @@ class RecordedClip:
     sources: tuple[str, ...]
 
 
-def _natural_clips(folder: Path, clip_s: float) -> list[RecordedClip]:
+def _natural_clips(files: list[Path], tool: str, voice: str, clip_s: float
+                   ) -> list[RecordedClip]:
     """Consecutive prompts of one voice, grouped until each group lasts ``clip_s``."""
     clips, group, total = [], [], 0.0
-    for path in sorted(folder.rglob("*.wav")):
+    for path in files:
         group.append(str(path))
         total += sf.info(str(path)).duration + NATURAL_GAP_S
         if total >= clip_s:
-            clips.append(RecordedClip("asterisk", folder.name, "natural", tuple(group)))
+            clips.append(RecordedClip(tool, voice, "natural", tuple(group)))
             group, total = [], 0.0
     return clips
 
 
-def recorded_clips(seed: int = 0) -> list[RecordedClip]:
+def recorded_clips(seed: int = 0, full_band: bool = False) -> list[RecordedClip]:
     """Every installed recorded clip, interleaved across sources (each natural voice, and
     the voice acting as one) so that a budget that stops early still draws all of them;
-    the order within a source is shuffled by ``seed``."""
+    the order within a source is shuffled by ``seed``. With ``full_band``, the tuxpaint
+    voices of ``FULL_BAND_LANGUAGES`` too."""
     rng = random.Random(seed)
     sources = []
     if FILLETS_DIR.is_dir():
@@ -159,7 +168,11 @@ def recorded_clips(seed: int = 0) -> list[RecordedClip]:
                         for p in sorted(FILLETS_DIR.glob("*/en/*.ogg"))])
     for name in NATURAL_VOICES:
         if (ASTERISK_DIR / name).is_dir():
-            sources.append(_natural_clips(ASTERISK_DIR / name, NATURAL_CLIP_S))
+            sources.append(_natural_clips(sorted((ASTERISK_DIR / name).rglob("*.wav")),
+                                          "asterisk", name, NATURAL_CLIP_S))
+    for language in FULL_BAND_LANGUAGES if full_band and TUXPAINT_DIR.is_dir() else ():
+        sources.append(_natural_clips(sorted(TUXPAINT_DIR.rglob(f"*_desc_{language}.ogg")),
+                                      "tuxpaint", f"tuxpaint-{language}", NATURAL_CLIP_S))
     for clips in sources:
         check_not_evaluation([f for clip in clips for f in clip.sources], "the library's speech")
         rng.shuffle(clips)
@@ -190,7 +203,9 @@ def import_recorded(job_id: str, clip: RecordedClip, out: Path, lufs: float
     path = Path("speech") / f"{job_id}.flac"
     write_audio(out / path, audio, rate, "PCM_16")
     meta = ({"language": NATURAL_VOICES[clip.voice][1], "gender": NATURAL_VOICES[clip.voice][2]}
-            if clip.voice in NATURAL_VOICES else {})
+            if clip.voice in NATURAL_VOICES else
+            {"language": clip.voice.removeprefix("tuxpaint-"), "package":
+             "tuxpaint-stamps-default", "licence": "GPL-2"} if clip.tool == "tuxpaint" else {})
     return [{"id": job_id, "path": str(path), "class": "speech", "subclass": clip.subclass,
              "tool": clip.tool, "voice": clip.voice, "source": clip.sources[0],
              "rate": rate, "duration": audio.shape[-1] / rate,

@@ -16,7 +16,7 @@ from typing import Any
 
 from prefect import flow
 
-from stemloop.config import load_config
+from stemloop.config import Config, load_config
 from stemloop.names import MANIFEST
 from stemloop.tasks.caching import file_digest
 from stemloop.tasks.library import ensure_library
@@ -49,8 +49,8 @@ def train_general(out: str, config_path: str | None = None, overrides: list[str]
     with tracker.run(name, config_params(config, SECTIONS, init=init),
                      {"stemloop.flow": "train-general"}) as run_id:
         rungs = [train_low_rate(config, library, str(folder), run_id, init)]
-        for rate in config.upscale.ladder:
-            if rate > rungs[-1]["rate"]:
+        for rate in config.upscale.ladder:  # a Spleeter model's own rate: its band head
+            if rate > rungs[-1]["rate"] or (rate == rungs[-1]["rate"] and widens(config, init)):
                 rungs.append(upscale_rung(config, library, str(folder), rungs[-1]["checkpoint"],
                                           rate, run_id))
         shipped = _ship(rungs, Path(out))
@@ -65,6 +65,16 @@ def train_general(out: str, config_path: str | None = None, overrides: list[str]
                                    f"rates {[r['rate'] for r in rungs]}; manifest {manifest[:12]}")
     return {"out": out, "rungs": rungs, "library": library, "run_id": run_id,
             "registered_version": version, "manifest_sha256": manifest}
+
+
+def widens(config: Config, init: str | None) -> bool:
+    """Whether train-general's start is a Spleeter-family model without a band head: then
+    ``upscale.ladder`` naming its own rate (44100) adds the head (``adapt.pretrained.widen``)."""
+    from stemloop.adapt.pretrained import SpleeterSeparator, bandwidth
+    from stemloop.tasks.train import start_model
+
+    model = start_model(config, init) if init else None
+    return isinstance(model, SpleeterSeparator) and bandwidth(model) < model.sample_rate / 2
 
 
 def _ship(rungs: list[dict[str, Any]], out: Path) -> list[Path]:

@@ -90,6 +90,7 @@ class LibraryConfig(Section):
     rooms_per_hour: int = Field(ge=0, le=100_000)
     composers: list[str] = Field(min_length=1)
     recorded_speech: bool
+    full_band_speech: bool
     recorded_music: bool
     workers: int = Field(ge=0, le=256)
 

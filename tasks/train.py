@@ -105,5 +105,6 @@ def upscale_rung(config: Config, library: str, folder: str, checkpoint: str, rat
                           progress_logger(config, run_id, config.upscale.new_layers_steps
                                   + config.upscale.all_steps))
     path = save_checkpoint(Path(folder) / f"model-{rate}.pt", new,
-                           {"upscale": report, "val_si_sdr": report["final_si_sdr"]})
+                           {"upscale": report, "val_si_sdr": report["final_si_sdr"]},
+                           delta=new.DELTA_BASE is not None)
     return {"checkpoint": str(path), "rate": rate, **report}

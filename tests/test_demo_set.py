@@ -69,6 +69,27 @@ def test_a_development_mixture_has_real_recorded_music_and_exact_truth(tmp_path:
     assert all(np.sqrt(np.mean(stems[name] ** 2)) > 1e-4 for name in STEMS)
 
 
+@pytest.mark.skipif(not (demo_set.RECORDED_MUSIC["warzone2100"][0].is_dir()
+                         and Path("/usr/share/tuxpaint/stamps").is_dir()),
+                    reason="the full-band set's Debian packages are missing: make sysdeps")
+def test_a_full_band_mixture_keeps_the_voice_above_11_khz(tmp_path: Path) -> None:
+    """The modern chain leaves the band alone: held-out read voices with real energy above
+    11 kHz (the archival chain's band limit would leave none), exact truth."""
+    import torch
+
+    from stemloop.datasets.audio import energy_above_db
+
+    full = demo_set.FULLBAND_SPECS[2]  # two voices: Bulgarian and Danish
+    stems, meta = build_mixture(MixSpec(**{**full.__dict__, "seconds": 10.0}))
+    write_mixture(stems, meta, tmp_path / "mixture.flac", tmp_path / "truth")
+    assert demo_set.verify(tmp_path) == 0.0
+    assert {line["package"] for line in meta["lines"]} == {"tuxpaint-stamps-default"}
+    assert energy_above_db(torch.from_numpy(stems["dialogue"])[None], 48000, 11025) > -45
+    archival, _ = build_mixture(MixSpec(**{**full.__dict__, "seconds": 10.0,
+                                           "chain": "archival"}))
+    assert energy_above_db(torch.from_numpy(archival["dialogue"])[None], 48000, 11025) < -50
+
+
 def test_the_development_split_is_fixed_and_balanced() -> None:
     """Twelve mixtures of 20-60 s, two disjoint halves of six, each with every rate, every
     language and both music sources; none uses Allison's prompts (reserved elsewhere)."""
@@ -90,7 +111,16 @@ def test_evaluation_material_never_enters_the_library() -> None:
     from stemloop.datasets.speech import recorded_clips
 
     assert not any(is_held_out(f) for clip in recorded_clips() for f in clip.sources)
-    for path in ("/usr/share/games/fillets-ng/sound/city/cs/vit-m-a.ogg",
+    full = recorded_clips(full_band=True)
+    assert not any(is_held_out(f) for clip in full for f in clip.sources)
+    from stemloop.datasets.speech import TUXPAINT_DIR
+
+    if TUXPAINT_DIR.is_dir():  # `make sysdeps` installs it
+        assert {c.voice for c in full if c.tool == "tuxpaint"} == {
+            "tuxpaint-ru", "tuxpaint-be", "tuxpaint-es", "tuxpaint-ro"}
+    for path in ("/usr/share/tuxpaint/stamps/animals/cat_desc_bg.ogg",
+                 "/usr/share/tuxpaint/stamps/food/apple_desc_da.ogg",
+                 "/usr/share/games/fillets-ng/sound/city/cs/vit-m-a.ogg",
                  "/usr/share/games/warzone2100/music/albums/x/track1.opus"):
         with pytest.raises(ValueError, match="evaluation material"):
             check_not_evaluation([path], "the library")

@@ -139,9 +139,13 @@ def test_train_general_fine_tunes_spleeter_with_its_bottleneck_frozen(
     music = tmp_path / "music"
     assert main(["train-general", "--out", str(music), "--library", str(tiny_library),
                  "--init", SPLEETER_ACCOMPANIMENT, "--config", "general-spleeter-music",
-                 *small]) == 0
+                 *small, "--set", f"upscale.ladder=[{RATE}]", "--set",
+                 "upscale.new_layers_steps=1", "--set", "upscale.all_steps=1"]) == 0
     model = load_checkpoint(music / f"model-{RATE}.pt").model
     assert model.sources == ["music", "rest"] and model.config.branch == "accompaniment"
+    assert model.config.full_band  # its own rate on the ladder: the band head
+    stored = torch.load(music / f"model-{RATE}.pt", weights_only=True)
+    assert stored["delta_from"] and all(k.startswith("head.") for k in stored["own_state"])
     from mlflow import MlflowClient
 
     from stemloop.tasks.state import state_dir, tracking_uri

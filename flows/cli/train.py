@@ -91,8 +91,8 @@ def cmd_train_general(args: argparse.Namespace) -> int:
                                                     for r in config.upscale.ladder):
             raise UserError(f"--init {args.init}: a pretrained model keeps its own rate "
                             f"({model.sample_rate} Hz) and cannot climb upscale.ladder "
-                            f"{config.upscale.ladder}; pass --config general-spleeter or "
-                            "--set upscale.ladder=[]")
+                            f"{config.upscale.ladder}; pass --set upscale.ladder=[] (or "
+                            f"[{model.sample_rate}]: a Spleeter model's band head)")
     check_output_dir(args.out)
     from stemloop.flows.train_general import train_general
 
