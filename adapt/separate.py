@@ -69,6 +69,10 @@ class Job:
 
 
 GENERAL_MODEL = Path(__file__).resolve().parent.parent / "models" / "general-dialogue-v4"
+# The same model with a band head for 11-22 kHz (issue 21; models/MODEL_CARD.md): what
+# `separate` uses by default on a recording whose band reaches above 11 kHz. On band-limited
+# recordings the two give the same stems (the head masks an empty band).
+FULL_BAND_MODEL = GENERAL_MODEL.with_name("general-dialogue-v4-fullband")
 
 
 def shipped_model(rate: int, folder: Path = GENERAL_MODEL) -> Path | None:
@@ -82,6 +86,17 @@ def shipped_model(rate: int, folder: Path = GENERAL_MODEL) -> Path | None:
     return above[0] if above else rungs[-1][1]
 
 
+def default_model(rate: int) -> Path | None:
+    """``separate``'s model when none is named: the full-band general model for a recording
+    whose band can reach above the general model's 11 kHz (rate above 24.3 kHz), if shipped;
+    else the general model's rung for ``rate``."""
+    from stemloop.adapt.pretrained import BAND_EDGE_HZ
+
+    if rate / 2 > 1.1 * BAND_EDGE_HZ and shipped_model(rate, FULL_BAND_MODEL):
+        return shipped_model(rate, FULL_BAND_MODEL)
+    return shipped_model(rate)
+
+
 def prepare(source: str | Path, config: Config, model: str | Path | None = None,
             recipe: str | Path | None = None, strength: float | None = None) -> Job:
     """Validate the input and load the separator; raises a one-line ``UserError`` if wrong."""
@@ -91,7 +106,7 @@ def prepare(source: str | Path, config: Config, model: str | Path | None = None,
         raise UserError("give a model or a recipe, not both")
     stats = input_stats(source, config)  # every sample read: NaN/Inf fail here, in one line
     if not model and not recipe:
-        model = shipped_model(stats.info.sample_rate)
+        model = default_model(stats.info.sample_rate)
     if not model and not recipe:
         raise UserError(f"no separation model: {GENERAL_MODEL} holds no checkpoint; train it "
                         "with `stemloop train-general` or pass --model CHECKPOINT")

@@ -49,7 +49,7 @@ def schema_for(variant: dict, matched: Schema, targets: list[Path], complements:
                name: str, levels: tuple[float, float]) -> Schema:
     from dataclasses import replace
 
-    from stemloop.datasets.adaptset import adaptation_schema
+    from stemloop.datasets.adaptschema import adaptation_schema
     from stemloop.datasets.mixbus import edit_node
 
     share = 1.0 - variant["own_voice"]
@@ -114,7 +114,7 @@ def main() -> None:
     variant = VARIANTS[args.variant]
     import pandas as pd
 
-    from stemloop.datasets.adaptset import restrict_speech
+    from stemloop.datasets.adaptschema import restrict_speech
 
     library = str(state_dir() / "library")
     manifest = pd.read_parquet(Path(library) / "manifest.parquet")
@@ -144,7 +144,8 @@ def main() -> None:
     lib_data = TrainingData(work / "matched-lib.yaml", library, ["dialogue"], work / "lib-pools",
                             8, 32, t.pool_seconds, t.segment_s, t.batch_size, t.seed + 7, 1)
     _, matched_val = lib_data(model.sample_rate)
-    from stemloop.datasets.adaptset import pseudo_reference, reference_schema
+    from stemloop.datasets.adaptschema import reference_schema
+    from stemloop.datasets.adaptset import pseudo_reference
 
     voices = manifest[manifest["class"] == "speech"].sample(16, random_state=0)["path"]
     held = json.loads((args.run_dir / "holdout.json").read_text())["files"]["complement"]

@@ -29,7 +29,8 @@ from stemloop.adapt.apply import AtRate  # noqa: E402
 from stemloop.adapt.checkpoint import load_checkpoint  # noqa: E402
 from stemloop.adapt.score import pseudo_reference_si_sdr  # noqa: E402
 from stemloop.config import load_config  # noqa: E402
-from stemloop.datasets.adaptset import reference_pairs, restrict_speech  # noqa: E402
+from stemloop.datasets.adaptschema import restrict_speech  # noqa: E402
+from stemloop.datasets.adaptset import reference_pairs  # noqa: E402
 from stemloop.datasets.audio import probe  # noqa: E402
 from stemloop.datasets.library import Library  # noqa: E402
 from stemloop.datasets.mixbus_yaml import load_schema, write_schema  # noqa: E402

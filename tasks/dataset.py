@@ -10,7 +10,8 @@ from prefect import get_run_logger
 from stemloop import datasets
 from stemloop.config import Config
 from stemloop.datasets import vad  # noqa: F401  (its code is part of the cache key)
-from stemloop.datasets.adaptset import IterationDataset, build_iteration, reference_speech
+from stemloop.datasets.adaptschema import reference_speech
+from stemloop.datasets.adaptset import IterationDataset, build_iteration
 from stemloop.datasets.mixbus_yaml import load_schema
 from stemloop.tasks.caching import content_key
 from stemloop.tasks.results import cached_task
@@ -21,7 +22,7 @@ def _inputs(parameters: dict[str, Any]):
     settings = (parameters["iteration"], config.cull, config.loop, config.train.seed,
                 parameters["folder"])
     return ([*parameters["stems"].values(), parameters["matched"]],
-            (datasets.adaptset, datasets.cull, datasets.vad), settings)
+            (datasets.adaptset, datasets.adaptschema, datasets.cull, datasets.vad), settings)
 
 
 @cached_task(name="build-dataset", cache_key_fn=content_key(_inputs))

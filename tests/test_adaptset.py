@@ -96,7 +96,7 @@ def _speech_queries(node) -> list[dict]:
 
 def test_matched_reference_draws_natural_voices_only_when_the_library_has_them(tmp_path,
                                                                                 write_wav):
-    from stemloop.datasets.adaptset import reference_speech
+    from stemloop.datasets.adaptschema import reference_speech
 
     def library(name: str, voices: list[tuple[str, str]]) -> str:
         folder = tmp_path / name
@@ -164,7 +164,7 @@ def test_balance_puts_library_examples_at_the_recordings_levels_without_stacked_
         assert node(tree, "sources", "music")["probability"] == 0.8
 
     # a custom schema without a music bus keeps working: its voice is set, nothing else
-    from stemloop.datasets.adaptset import match_balance
+    from stemloop.datasets.adaptschema import match_balance
 
     bare = schema_from_dict({"buses": [{"name": "sources", "children": [
         {"name": "voices", "children": [{"name": "host", "lufs": [-30, -20],
@@ -175,7 +175,7 @@ def test_balance_puts_library_examples_at_the_recordings_levels_without_stacked_
     assert balanced["buses"][1] == dump_schema(bare)["buses"][1]
 
     # a recording with no culled background: library music is the only one, at its level
-    from stemloop.datasets.adaptset import adaptation_schema
+    from stemloop.datasets.adaptschema import adaptation_schema
 
     lone = dump_schema(adaptation_schema([], [], schema, "dialogue", 1.0, [], (-20.0, -30.0),
                                          0.7, balance=True))
@@ -186,7 +186,7 @@ def test_balance_puts_library_examples_at_the_recordings_levels_without_stacked_
 def test_a_music_or_noise_step_trains_its_own_class_as_the_target():
     """A recipe's music (noise) step: the recording's culled music (noise) joins the library's
     music (noise) as the target, its culled complement goes where the target is not."""
-    from stemloop.datasets.adaptset import adaptation_schema, reference_schema
+    from stemloop.datasets.adaptschema import adaptation_schema, reference_schema
 
     schema = load_schema(ROOT / "configs" / "mixbus" / "dialogue.yaml")
     own, rest = [Path("own.wav")], [Path("rest.wav")]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stemloop.adapt.separate import GENERAL_MODEL, prepare, shipped_model
+from stemloop.adapt.separate import FULL_BAND_MODEL, GENERAL_MODEL, prepare, shipped_model
 from stemloop.errors import UserError
 
 
@@ -32,6 +32,43 @@ def test_separate_without_a_model_uses_the_shipped_one_or_says_how_to_get_one(wr
     else:
         job = prepare(path, config)
         assert job.model is not None and job.model.parent == GENERAL_MODEL
+    wide = write_wav("tone-48k.wav", sine(440, 48000, 1.0), 48000)  # a band up to 24 kHz
+    assert prepare(wide, config).model.parent == FULL_BAND_MODEL
+
+
+@pytest.mark.skipif(not (FULL_BAND_MODEL.is_dir() and Path("/usr/share/tuxpaint/stamps").is_dir()
+                         and Path("/usr/share/games/warzone2100/music").is_dir()),
+                    reason="no full-band model, or the full-band set's packages: make sysdeps")
+def test_the_full_band_model_keeps_the_air_and_changes_nothing_below_it():
+    """On a held-out full-band voice over recorded music, the band head gives the dialogue
+    what lies above 11 kHz; on a band-limited copy, the general model's stems."""
+    import torch
+
+    from bench.demo_set import FULLBAND_SPECS
+    from stemloop.adapt.apply import AtRate
+    from stemloop.adapt.checkpoint import load_checkpoint
+    from stemloop.datasets.archival_mix import MixSpec, build_mixture
+    from stemloop.datasets.audio import resample
+
+    general = AtRate(load_checkpoint(GENERAL_MODEL / "model-44100.pt").model, 48000)
+    full = AtRate(load_checkpoint(FULL_BAND_MODEL / "model-44100.pt").model, 48000)
+    stems, _ = build_mixture(MixSpec(**{**FULLBAND_SPECS[0].__dict__, "seconds": 12.0}))
+    mixture = torch.from_numpy(sum(stems.values())).float()[None, None]
+    truth = torch.from_numpy(stems["dialogue"])
+
+    def air(x: torch.Tensor) -> torch.Tensor:
+        spec = torch.fft.rfft(x.double())
+        spec[..., : int(11500 / 48000 * x.shape[-1])] = 0
+        return torch.fft.irfft(spec, x.shape[-1])
+
+    with torch.no_grad():
+        kept = {name: float((air(m(mixture)[0, 0, 0]) * air(truth)).sum()
+                            / air(truth).pow(2).sum())
+                for name, m in (("general", general), ("full", full))}
+        dull = resample(resample(mixture, 48000, 16000), 16000, 48000)
+        same = (full(dull) - general(dull)).abs().max()
+    assert kept["general"] < 0.05 < 0.5 < kept["full"], kept
+    assert same < 1e-3
 
 
 def test_the_archive_recipe_gives_four_stems_that_sum_to_the_recording(

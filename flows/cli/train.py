@@ -48,7 +48,9 @@ def add_train_commands(sub: argparse._SubParsersAction,
                     "core frozen until validation is within upscale.margin_db of MODEL, then "
                     "unfreeze everything (inherited layers at a lower learning rate).")
     cmd.add_argument("model", help="checkpoint to upscale")
-    cmd.add_argument("--to", type=int, required=True, metavar="RATE", help="target rate, Hz")
+    cmd.add_argument("--to", type=int, required=True, metavar="RATE",
+                     help="target rate, Hz; a Spleeter-family model's own 44100 adds its "
+                          "band head (11-22 kHz)")
     cmd.add_argument("--out", required=True, help="checkpoint to write")
     _data_args(cmd)
     add_config_args(cmd)
@@ -107,12 +109,16 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     from stemloop.adapt.model import frame_stride
 
     def check(config: Config) -> None:
+        from stemloop.adapt.pretrained import bandwidth
+
         model = load_checkpoint(args.model).model  # a bad checkpoint fails here, in one line
         if not model.UPSCALABLE:
-            raise UserError(f"{args.model}: a {type(model).__name__} cannot be upscaled (it "
-                            f"works at {model.sample_rate} Hz only); upscale a checkpoint of "
-                            "stemloop's own architecture, e.g. "
-                            "models/general-dialogue-v2/model-16000.pt")
+            if args.to == model.sample_rate and bandwidth(model) < model.sample_rate / 2:
+                return  # a Spleeter-family model at its own rate: it gains its band head
+            raise UserError(f"{args.model}: a {type(model).__name__} cannot be upscaled to "
+                            f"{args.to} Hz (it works at {model.sample_rate} Hz only, and "
+                            f"covers {bandwidth(model):.0f} Hz already); --to "
+                            f"{model.sample_rate} adds a band head to one that stops at 11 kHz")
         frame_stride(args.to, config.model.latent_rate)  # an unsupported rate too
         if args.to <= model.sample_rate:
             raise UserError(f"--to {args.to}: must be above the model's {model.sample_rate} Hz")
