@@ -92,9 +92,8 @@ def default_model(rate: int) -> Path | None:
     else the general model's rung for ``rate``."""
     from stemloop.adapt.pretrained import BAND_EDGE_HZ
 
-    if rate / 2 > 1.1 * BAND_EDGE_HZ and shipped_model(rate, FULL_BAND_MODEL):
-        return shipped_model(rate, FULL_BAND_MODEL)
-    return shipped_model(rate)
+    full = shipped_model(rate, FULL_BAND_MODEL) if rate / 2 > 1.1 * BAND_EDGE_HZ else None
+    return full or shipped_model(rate)
 
 
 def prepare(source: str | Path, config: Config, model: str | Path | None = None,

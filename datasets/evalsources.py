@@ -74,6 +74,9 @@ HELD_OUT_FOLDERS = (str(ALLISON), str(ARMELLE), str(LIBRIVOX),
                     *(str(folder) for folder, _, _ in RECORDED_MUSIC.values()))
 
 
+HELD_OUT_FILES = tuple(str(TUXPAINT / f"*_desc_{lang}.ogg") for lang in FULL_BAND_HELD_OUT)
+
+
 def check_not_evaluation(paths: list[str | Path], what: str) -> None:
     """Refuse (ValueError) ``what`` if any of ``paths`` is held-out evaluation material."""
     bad = [str(p) for p in paths if is_held_out(p)]
@@ -81,8 +84,6 @@ def check_not_evaluation(paths: list[str | Path], what: str) -> None:
         raise ValueError(f"{what} would use evaluation material: {bad[:3]} "
                          f"({len(bad)} files; see datasets/evalsources.py)")
 
-
-HELD_OUT_FILES = tuple(str(TUXPAINT / f"*_desc_{lang}.ogg") for lang in FULL_BAND_HELD_OUT)
 
 
 def is_held_out(path: str | Path) -> bool:

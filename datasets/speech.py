@@ -26,7 +26,7 @@ import soundfile as sf
 import torch
 
 from stemloop.datasets.audio import loudness, write_audio
-from stemloop.datasets.evalsources import check_not_evaluation
+from stemloop.datasets.evalsources import TUXPAINT, check_not_evaluation
 from stemloop.datasets.sentences import sentences
 
 FESTIVAL_VOICES = {"cmu_us_slt_arctic_hts": "female", "kal_diphone": "male",
@@ -55,7 +55,6 @@ NATURAL_GAP_S = 0.3
 # whole, moving with the voice: bench/RESULTS.md, "Full band"): the library's full-band
 # voices, with `mixbus.library.full_band_speech`. Bulgarian and Danish are held out as
 # full-band evaluation material (datasets/evalsources.py).
-TUXPAINT_DIR = Path("/usr/share/tuxpaint/stamps")
 FULL_BAND_LANGUAGES = ("ru", "be", "es", "ro")
 
 
@@ -170,8 +169,8 @@ def recorded_clips(seed: int = 0, full_band: bool = False) -> list[RecordedClip]
         if (ASTERISK_DIR / name).is_dir():
             sources.append(_natural_clips(sorted((ASTERISK_DIR / name).rglob("*.wav")),
                                           "asterisk", name, NATURAL_CLIP_S))
-    for language in FULL_BAND_LANGUAGES if full_band and TUXPAINT_DIR.is_dir() else ():
-        sources.append(_natural_clips(sorted(TUXPAINT_DIR.rglob(f"*_desc_{language}.ogg")),
+    for language in FULL_BAND_LANGUAGES if full_band and TUXPAINT.is_dir() else ():
+        sources.append(_natural_clips(sorted(TUXPAINT.rglob(f"*_desc_{language}.ogg")),
                                       "tuxpaint", f"tuxpaint-{language}", NATURAL_CLIP_S))
     for clips in sources:
         check_not_evaluation([f for clip in clips for f in clip.sources], "the library's speech")

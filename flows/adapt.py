@@ -16,6 +16,7 @@ one nested run per iteration, ids passed explicitly. Call
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import shutil
 import time
@@ -184,7 +185,8 @@ def _iterate(recording: str, rate: int, models: tuple[str, str], reference: str 
     metrics and stems, and why it stopped."""
     log = get_run_logger()
     model_work, model_rec = models
-    high_band = energy_above_db(*read_audio(recording), BAND_EDGE_HZ)  # for a band head
+    high_band = (energy_above_db(read_audio(recording)[0], rate, BAND_EDGE_HZ)  # a band head?
+                 if rate / 2 > BAND_EDGE_HZ else -math.inf)
     history: list[dict[str, float]] = []
     stems: list[dict[str, str]] = []
     for k in range(config.loop.max_iterations + 1):

@@ -44,49 +44,52 @@ def runs_table(client, experiment: str, limit: int = 200) -> pd.DataFrame:
 
 
 def _run_row(client, run) -> dict[str, Any]:
-    quality = {m.step: m.value for m in client.get_metric_history(run.info.run_id,
-                                                                  QUALITY)}
     row = {"recording": Path(run.data.params.get("recording", "?")).name,
-           "run": run.info.run_name, "status": run.info.status,
-           "iterations": len(quality), "run_id": run.info.run_id,
+           "run": run.info.run_name, "status": run.info.status, "iterations": 0,
+           "run_id": run.info.run_id,
            "started": pd.Timestamp(run.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M")}
     recipe = run.data.params.get("recipe.steps")
     if recipe:
         row["stems"] = "; ".join(_stem_summary(client, run, *step.split("=", 1))
                                  for step in recipe.split(","))
-    elif quality:
-        steps = sorted(quality)
-        pseudo = {m.step: m.value for m in client.get_metric_history(run.info.run_id,
-                                                                     PSEUDO_SI_SDR)}
-        guard = run.data.params.get("loop.own_voice_guard_db", "None")
-        best = steps[delivered_iteration(
-            [{QUALITY: quality[s], **({PSEUDO_SI_SDR: pseudo[s]} if s in pseudo else {})}
-             for s in steps], None if guard == "None" else float(guard))]
-        target = run.data.params.get("loop.target", "dialogue")
-        truth = {m.step: m.value for m in client.get_metric_history(
-            run.info.run_id, truth_si_sdr(target))}
-        row.update(best_iteration=best, quality=round(quality[best], 2),
+        return row
+    found = _delivered(client, run, run.data.params.get("loop.target", "dialogue"))
+    if found:
+        best, quality, truth = found
+        row.update(iterations=len(quality), best_iteration=best, quality=round(quality[best], 2),
                    si_sdr=round(truth[best], 2) if best in truth else None)
     return row
 
 
-def _stem_summary(client, run, name: str, target: str) -> str:
-    """A recipe step in one cell: ``music: iteration 1, estimate 3.40 (0: 2.95), true 4.10``,
-    from the recipe run's ``<step>/...`` metrics (delivered as the loop delivers)."""
+def _delivered(client, run, target: str, prefix: str = ""
+               ) -> tuple[int, dict[int, float], dict[int, float]] | None:
+    """The iteration the loop delivered, from a run's ``<prefix>`` metric histories (as
+    ``delivered_iteration`` picks it), with the quality estimate's and the target's true
+    SI-SDR's histories; None before any iteration was scored."""
     def history(key: str) -> dict[int, float]:
         return {m.step: m.value for m in client.get_metric_history(run.info.run_id,
-                                                                   f"{name}/{key}")}
+                                                                   f"{prefix}{key}")}
 
-    quality, pseudo = history(QUALITY), history(PSEUDO_SI_SDR)
+    quality = history(QUALITY)
     if not quality:
-        return f"{name}: not scored yet"
+        return None
+    pseudo = history(PSEUDO_SI_SDR)
     steps = sorted(quality)
     guard = run.data.params.get("loop.own_voice_guard_db", "None")
     best = steps[delivered_iteration(
         [{QUALITY: quality[s], **({PSEUDO_SI_SDR: pseudo[s]} if s in pseudo else {})}
          for s in steps], None if guard == "None" else float(guard))]
+    return best, quality, history(truth_si_sdr(target))
+
+
+def _stem_summary(client, run, name: str, target: str) -> str:
+    """A recipe step in one cell: ``music: iteration 1, estimate 3.40 (0: 2.95), true 4.10``,
+    from the recipe run's ``<step>/...`` metrics (delivered as the loop delivers)."""
+    found = _delivered(client, run, target, f"{name}/")
+    if not found:
+        return f"{name}: not scored yet"
+    best, quality, truth = found
     text = f"{name}: iteration {best}, estimate {quality[best]:.2f} (0: {quality[0]:.2f})"
-    truth = history(truth_si_sdr(target))
     return text + (f", true {truth[best]:.2f} (0: {truth[0]:.2f})" if best in truth else "")
 
 
@@ -143,8 +146,8 @@ def _run_parts(run_dir: Path, report: dict[str, Any], seconds: float, level: int
             f"<{h}>Spectrograms: iteration 0 (general model) and the delivered iteration</{h}>",
             _spectrograms(run_dir, list(report["final"]), best),
             f"<{h}>Listen (first {seconds:g} s of each)</{h}>",
-            _players(report.get("recording"), report["final"], seconds, general)
-            if level == 2 else _players(None, report["final"], seconds, general)]
+            _players(report["recording"] if level == 2 else None, report["final"], seconds,
+                     general)]
 
 
 def _recipe_facts(report: dict[str, Any]) -> str:

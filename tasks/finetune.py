@@ -71,13 +71,13 @@ def finetune(model: str, schema: str, library: str | None, holdout: str, folder:
     working = save_checkpoint(work / f"model-{current.sample_rate}.pt", current)
     recording = working
     floor = config.upscale.min_high_band_db
-    if config.loop.upscale and can_upscale(current, rate, high_band_db, floor) \
-            and not reference_has_band(current, val, floor):
+    grows = config.loop.upscale and can_upscale(current, rate, high_band_db, floor)
+    if grows and not reference_has_band(current, val, floor):
         get_run_logger().info(
             f"not widening: the recording holds content above 11 kHz ({high_band_db:.1f} dB), "
             "but the matched reference's voices hold none, so it could not tell whether a "
             "band head pays (the library has no full-band speech)")
-    elif config.loop.upscale and can_upscale(current, rate, high_band_db, floor):
+    elif grows:
         high, report = upscale(current, rate, data_for, config.upscale, config.train, work,
                                progress_logger(config, run_id, config.upscale.new_layers_steps
                                                + config.upscale.all_steps))

@@ -113,9 +113,9 @@ def test_evaluation_material_never_enters_the_library() -> None:
     assert not any(is_held_out(f) for clip in recorded_clips() for f in clip.sources)
     full = recorded_clips(full_band=True)
     assert not any(is_held_out(f) for clip in full for f in clip.sources)
-    from stemloop.datasets.speech import TUXPAINT_DIR
+    from stemloop.datasets.evalsources import TUXPAINT
 
-    if TUXPAINT_DIR.is_dir():  # `make sysdeps` installs it
+    if TUXPAINT.is_dir():  # `make sysdeps` installs it
         assert {c.voice for c in full if c.tool == "tuxpaint"} == {
             "tuxpaint-ru", "tuxpaint-be", "tuxpaint-es", "tuxpaint-ro"}
     for path in ("/usr/share/tuxpaint/stamps/animals/cat_desc_bg.ogg",
