@@ -60,13 +60,17 @@ sysdeps:
 
 # uv, pinned and hashed in the lock, is bootstrapped with pip; `uv pip sync` then makes the
 # venv exactly the lock (installing what is missing, removing what the lock does not name);
-# the project goes in editable, built against the lock's setuptools. The last step imports
+# the project goes in editable, built against the lock's setuptools. Bytecode is compiled at
+# install (uv does not by default): without it every command compiled its imports from source
+# wherever Python may not write them (PYTHONDONTWRITEBYTECODE, a read-only install), 5 s of a
+# `stemloop separate` (bench/RESULTS.md, issue 22). The last step imports
 # the native pieces and compares the venv with the lock: one line and a non-zero exit if not.
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(MAKE) --no-print-directory $(UV)
-	$(UV) pip sync -q --python $(BIN)/python --require-hashes $(LOCK)
+	$(UV) pip sync -q --python $(BIN)/python --require-hashes --compile-bytecode $(LOCK)
 	$(UV) pip install -q --python $(BIN)/python --no-deps --no-build-isolation -e .
+	$(BIN)/python -m compileall -q -j 0 stemloop adapt datasets flows tasks
 	$(BIN)/python -m stemloop.flows.envcheck
 	touch $(STAMP)
 

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from stemloop.adapt.apply import ModelStep
 from stemloop.adapt.artefacts import SOURCES, load_artefact_model
 from stemloop.adapt.checkpoint import load_checkpoint
+from stemloop.adapt.pretrained import set_precision
 from stemloop.errors import ConfigError, UserError, read_yaml
 
 NAME = r"^[A-Za-z0-9_-]+$"
@@ -69,8 +70,10 @@ def read_recipe(path: str | Path) -> RecipeSpec:
 class Recipe:
     """A recipe as a chunk function at ``rate``: ``(channels, t)`` → ``(stems, channels, t)``."""
 
-    def __init__(self, spec: RecipeSpec, base: Path, rate: int, strength: float = 1.0):
+    def __init__(self, spec: RecipeSpec, base: Path, rate: int, strength: float = 1.0,
+                 precision: str = "float32"):
         self.spec, self.rate, self._strength = spec, rate, strength
+        self._precision = precision
         self._models: dict[Path, ModelStep] = {}
         self._steps = {id(s): self._load(s, base) for s in _walk(spec.steps)}
         self._post = {id(s): self._load_post(s, base) for s in _walk(spec.steps)}
@@ -105,7 +108,8 @@ class Recipe:
             path = (base / name).resolve()
             if path not in self._models:
                 try:
-                    self._models[path] = ModelStep(load_checkpoint(path).model, self.rate)
+                    model = set_precision(load_checkpoint(path).model, self._precision)
+                    self._models[path] = ModelStep(model, self.rate)
                 except UserError as exc:
                     raise ConfigError(f"recipe step '{spec.name}': {exc}") from None
             model = self._models[path]
@@ -168,11 +172,13 @@ def recipe_file(value: str | Path) -> Path:
                     f"ones: {known})")
 
 
-def load_recipe(path: str | Path, rate: int, strength: float = 1.0) -> Recipe:
+def load_recipe(path: str | Path, rate: int, strength: float = 1.0,
+                precision: str = "float32") -> Recipe:
+    """The recipe at ``path`` as a chunk function; ``precision`` as ``separate.precision``."""
     path = Path(path)
     spec = read_recipe(path)
     try:
-        return Recipe(spec, path.resolve().parent, rate, strength)
+        return Recipe(spec, path.resolve().parent, rate, strength, precision)
     except ConfigError as exc:  # which file, then which step
         raise ConfigError(f"{path}: {exc}") from None
 

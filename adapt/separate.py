@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from stemloop.adapt.apply import ChunkFn, ModelStep, Progress, separate_file, stem_paths
 from stemloop.adapt.checkpoint import load_checkpoint, versions
+from stemloop.adapt.pretrained import set_precision
 from stemloop.adapt.recipe import load_recipe, recipe_file
 from stemloop.config import Config
 from stemloop.datasets.audio import AudioInfo, AudioStats, measure
@@ -115,10 +116,11 @@ def prepare(source: str | Path, config: Config, model: str | Path | None = None,
     info = stats.info
     if recipe:
         recipe = recipe_file(recipe)
-        tree = load_recipe(recipe, info.sample_rate, strength)
+        tree = load_recipe(recipe, info.sample_rate, strength, config.separate.precision)
         return Job(info, tree, tree.names, tree.alignment, tree.model_rates, None, Path(recipe),
                    strength, stats.warnings())
-    step = ModelStep(load_checkpoint(model).model, info.sample_rate, strength)
+    separator = set_precision(load_checkpoint(model).model, config.separate.precision)
+    step = ModelStep(separator, info.sample_rate, strength)
     if getattr(step.model.config, "head", "mask") == "maskless" and strength != 1.0:
         raise UserError(f"{model}: a maskless model has no mask, so strength {strength:g} "
                         "cannot apply; leave strength at 1")
@@ -128,10 +130,10 @@ def prepare(source: str | Path, config: Config, model: str | Path | None = None,
 
 def input_stats(source: str | Path, config: Config) -> AudioStats:
     """The whole input checked before any heavy work: format, length, every sample finite;
-    its peak, loudness, clipping and silence (``AudioStats.warnings`` tells a person)."""
+    its peak, clipping and silence (``AudioStats.warnings`` tells a person); no loudness."""
     io = config.io
     return measure(source, io.block_seconds, io.clip_threshold, io.silence_dbfs,
-                   io.min_duration_s)
+                   io.min_duration_s, loudness=False)
 
 
 def run_separation(job: Job, out_dir: str | Path, config: Config,

@@ -9,7 +9,7 @@ when all of it is in the dialogue). Also the truth's and the mixture's energy ab
 
     python bench/bench_fullband.py --demo bench/out/fullband-set \\
         --models models/general-dialogue-v4/model-44100.pt [more checkpoints] \\
-        --out bench/out/fullband.json
+        --out bench/out/fullband.json [--set separate.precision=float32]
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+",
                         default=["models/general-dialogue-v4/model-44100.pt"])
     parser.add_argument("--out", type=Path, default=Path("bench/out/fullband.json"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="config override, e.g. "
+                                                  "separate.precision=float32 (repeatable)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
@@ -63,7 +66,7 @@ def main() -> None:
                "mixture_above_11k_db": round(energy_above_db(mixture, rate, BAND[0]), 1),
                "models": {}}
         for model in args.models:
-            stems, wall = run(folder / "mixture.flac", model=model)
+            stems, wall = run(folder / "mixture.flac", model=model, overrides=args.overrides)
             row["models"][model] = {**score(stems["dialogue"], truth, mixture),
                                     "high_share": round(high_share(stems["dialogue"][:1],
                                                                    truth, rate), 3),
@@ -74,7 +77,8 @@ def main() -> None:
                 for k in ("si_sdr", "high_share")} for m in args.models}
     print(json.dumps(mean))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"set": str(args.demo), "rows": rows, "mean": mean},
+    args.out.write_text(json.dumps({"set": str(args.demo), "overrides": args.overrides,
+                                    "rows": rows, "mean": mean},
                                    indent=1))
 
 

@@ -32,12 +32,12 @@ from stemloop.adapt.metrics import si_sdr  # noqa: E402
 STEMS = ("dialogue", "music", "noise")
 
 
-def run(mixture: Path, recipe: str | None = None, model: str | None = None
-        ) -> tuple[dict[str, torch.Tensor], float]:
+def run(mixture: Path, recipe: str | None = None, model: str | None = None,
+        overrides: list[str] = ()) -> tuple[dict[str, torch.Tensor], float]:
     from stemloop.adapt.separate import prepare, run_separation
     from stemloop.config import load_config
 
-    config = load_config(None, ["separate.threads=1"])
+    config = load_config(None, ["separate.threads=1", *overrides])
     with tempfile.TemporaryDirectory() as out:
         start = time.monotonic()
         record = run_separation(prepare(mixture, config, model, recipe), out, config)

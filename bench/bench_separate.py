@@ -1,4 +1,4 @@
-"""Benchmarks of `stemloop separate` with the DEFAULT model (random weights: speed only).
+"""Benchmarks of `stemloop separate` with the model it uses by default for each rate.
 
     flock /tmp/stemloop-bench.lock .venv/bin/python bench/bench_separate.py speed
     flock /tmp/stemloop-bench.lock .venv/bin/python bench/bench_separate.py memory
@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from stemloop.adapt.checkpoint import save_checkpoint  # noqa: E402
 from stemloop.adapt.model import build_model, count_parameters  # noqa: E402
-from stemloop.adapt.separate import prepare, run_separation  # noqa: E402
+from stemloop.adapt.separate import default_model, prepare, run_separation  # noqa: E402
 from stemloop.config import load_config  # noqa: E402
 
 
@@ -61,13 +61,15 @@ def default_checkpoint(directory: Path, rate: int) -> Path:
 
 
 def speed(args: argparse.Namespace, work: Path) -> None:
-    config = load_config(overrides=[f"separate.threads={args.threads}"])
+    config = load_config(overrides=[f"separate.threads={args.threads}",
+                                    f"separate.precision={args.precision}"])
     print("| rate | audio | runs | RTF median | RTF min–max | CPU s per audio s (median) | "
           "load avg before | params |")
     print("|---|---|---|---|---|---|---|---|")
     for rate in args.rates:
         source = make_file(work / f"speed-{rate}.wav", rate, args.seconds)
-        model = None if args.recipe else args.model or default_checkpoint(work, rate)
+        model = None if args.recipe else (args.model or default_model(rate)
+                                          or default_checkpoint(work, rate))
         job = prepare(source, config, model, args.recipe)
         rtfs, cpus, load = [], [], os.getloadavg()[0]
         for _ in range(args.runs):
@@ -106,7 +108,8 @@ def measure_process(argv: list[str], log: Path) -> tuple[float, float, float]:
 
 
 def memory(args: argparse.Namespace, work: Path) -> None:
-    model = None if args.recipe else args.model or default_checkpoint(work, 48000)
+    model = None if args.recipe else (args.model or default_model(48000)
+                                      or default_checkpoint(work, 48000))
     which = ["--recipe", args.recipe] if args.recipe else ["--model", str(model)]
     print("| length | runs | peak RSS median (maxrss) | peak RSS max (maxrss) | "
           "tree peak max (sampled) | wall median | RTF median |")
@@ -136,13 +139,15 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     cmd = sub.add_parser("speed")
-    cmd.add_argument("--model", type=Path, help="checkpoint (default: the default model "
-                                               "config with random weights)")
+    cmd.add_argument("--model", type=Path, help="checkpoint (default: the shipped model "
+                     "separate picks for the rate; without one, the default config, random)")
     cmd.add_argument("--recipe", help="a recipe (name or file) instead of a model")
     cmd.add_argument("--rates", type=int, nargs="+", default=[16000, 48000])
     cmd.add_argument("--seconds", type=float, default=120.0)
     cmd.add_argument("--runs", type=int, default=5)
     cmd.add_argument("--threads", type=int, default=0, help="torch threads; 0 = default")
+    cmd.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+                     help="separate.precision (default auto)")
     cmd = sub.add_parser("memory")
     cmd.add_argument("--model", type=Path, help="checkpoint (default: as for speed)")
     cmd.add_argument("--recipe", help="a recipe (name or file) instead of a model")

@@ -17,17 +17,21 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyloudnorm
 import soundfile as sf
-import torch
-import torchaudio
-import torchaudio.functional as AF
-from scipy.signal import lfilter
 
 from stemloop.errors import AudioError
 from stemloop.files import umask
+
+if TYPE_CHECKING:
+    import torch
+    import torchaudio
+
+# torch, and pyloudnorm with scipy.signal, are imported inside the functions that use them:
+# `stemloop info` measures loudness without torch, `stemloop separate` needs no loudness, and
+# each import is over half a second.
 
 MAX_CHANNELS = 8
 RATE_RANGE = (8000, 192000)
@@ -88,6 +92,8 @@ def probe(path: str | Path, min_duration_s: float = 0.0) -> AudioInfo:
 def read_audio(path: str | Path, min_duration_s: float = 0.0) -> tuple[torch.Tensor, int]:
     """Whole file as float32 ``(channels, time)`` and its sample rate."""
     info = probe(path, min_duration_s)
+    import torch
+
     data = _read(info, 0, info.frames)
     _check_finite(data, info.path, 0, info.sample_rate)
     return torch.from_numpy(data), info.sample_rate
@@ -96,15 +102,23 @@ def read_audio(path: str | Path, min_duration_s: float = 0.0) -> tuple[torch.Ten
 def iter_blocks(path: str | Path, block_frames: int, min_duration_s: float = 0.0
                 ) -> Iterator[torch.Tensor]:
     """Stream a file as float32 ``(channels, block_frames)`` blocks; the last may be short."""
-    info = probe(path, min_duration_s)
+    import torch
+
+    for block in _iter_arrays(probe(path, min_duration_s), block_frames):
+        yield torch.from_numpy(block)
+
+
+def _iter_arrays(info: AudioInfo, block_frames: int) -> Iterator[np.ndarray]:
     for start in range(0, info.frames, block_frames):
         block = _read(info, start, min(start + block_frames, info.frames))
         _check_finite(block, info.path, start, info.sample_rate)
-        yield torch.from_numpy(block)
+        yield block
 
 
 def read_range(info: AudioInfo, start: int, stop: int) -> torch.Tensor:
     """Frames ``[start, stop)`` of a probed file as float32 ``(channels, stop - start)``."""
+    import torch
+
     block = _read(info, start, stop)
     _check_finite(block, info.path, start, info.sample_rate)
     return torch.from_numpy(block)
@@ -196,7 +210,7 @@ def write_audio(path: str | Path, audio: torch.Tensor, sample_rate: int,
     if audio.ndim != 2:
         raise ValueError(f"expected (channels, time) audio, got shape {tuple(audio.shape)}")
     with open_writer(path, sample_rate, audio.shape[0], subtype) as handle:
-        handle.write(audio.detach().to(torch.float32).cpu().numpy().T)
+        handle.write(audio.detach().float().cpu().numpy().T)
     return Path(path)
 
 
@@ -211,12 +225,16 @@ def resample(audio: torch.Tensor, orig_rate: int, new_rate: int, fast: bool = Fa
         return audio
     if fast:
         return _fast_resampler(orig_rate, new_rate)(audio)
+    import torchaudio.functional as AF
+
     return AF.resample(audio, orig_rate, new_rate, lowpass_filter_width=64, rolloff=0.9475,
                        resampling_method="sinc_interp_kaiser", beta=14.769656459379492)
 
 
 @functools.lru_cache(maxsize=32)
 def _fast_resampler(orig: int, new: int) -> torchaudio.transforms.Resample:
+    import torchaudio
+
     return torchaudio.transforms.Resample(orig, new, lowpass_filter_width=16, rolloff=0.95)
 
 
@@ -229,6 +247,8 @@ def loudness(audio: torch.Tensor, sample_rate: int) -> float:
         meter = StreamingLoudness(sample_rate, data.shape[1])
         meter.add(audio)
         return meter.result()
+    import pyloudnorm
+
     with np.errstate(divide="ignore"):
         return float(pyloudnorm.Meter(sample_rate).integrated_loudness(data))
 
@@ -255,6 +275,10 @@ class StreamingLoudness:
     GAINS = (1.0, 1.0, 1.0, 1.41, 1.41, 1.0, 1.0, 1.0)
 
     def __init__(self, sample_rate: int, channels: int):
+        import pyloudnorm
+        from scipy.signal import lfilter
+
+        self._lfilter = lfilter
         meter = pyloudnorm.Meter(sample_rate)
         self._filters = [(f.b, f.a) for f in meter._filters.values()]
         self._state = [[np.zeros(max(len(b), len(a)) - 1) for b, a in self._filters]
@@ -263,11 +287,12 @@ class StreamingLoudness:
         self._pending = np.zeros((channels, 0))
         self._hop_energy: list[np.ndarray] = []  # per 100 ms: mean square per channel
 
-    def add(self, block: torch.Tensor) -> None:
-        data = block.detach().cpu().double().numpy()
+    def add(self, block: torch.Tensor | np.ndarray) -> None:
+        data = np.array(block.detach().cpu() if hasattr(block, "detach") else block,
+                        dtype=np.float64)
         for ch in range(data.shape[0]):
             for i, (b, a) in enumerate(self._filters):
-                data[ch], self._state[ch][i] = lfilter(b, a, data[ch], zi=self._state[ch][i])
+                data[ch], self._state[ch][i] = self._lfilter(b, a, data[ch], zi=self._state[ch][i])
         data = np.concatenate([self._pending, data], axis=1)
         usable = data.shape[1] // self._hop * self._hop
         if usable:
@@ -315,23 +340,27 @@ class AudioStats:
 
 
 def measure(path: str | Path, block_seconds: float = 30.0, clip_threshold: float = 0.999,
-            silence_dbfs: float = -90.0, min_duration_s: float = 0.0) -> AudioStats:
-    """Peak, loudness, clipping and digital silence of a file, streamed in blocks."""
+            silence_dbfs: float = -90.0, min_duration_s: float = 0.0, loudness: bool = True
+            ) -> AudioStats:
+    """Peak, loudness, clipping and digital silence of a file, streamed in blocks (without
+    ``loudness``, ``lufs`` is NaN and the K-weighting filters and their imports are skipped)."""
     info = probe(path, min_duration_s)
-    meter = StreamingLoudness(info.sample_rate, info.channels)
+    meter = StreamingLoudness(info.sample_rate, info.channels) if loudness else None
     silence = 10.0 ** (silence_dbfs / 20.0)
     peak = 0.0
     clipped = silent = 0
-    for block in iter_blocks(info.path, max(1, int(block_seconds * info.sample_rate))):
-        magnitude = block.abs()
+    for block in _iter_arrays(info, max(1, int(block_seconds * info.sample_rate))):
+        magnitude = np.abs(block)
         peak = max(peak, float(magnitude.max()))
         clipped += int((magnitude >= clip_threshold).sum())
         silent += int((magnitude < silence).sum())
-        meter.add(block)
+        if meter is not None:
+            meter.add(block)
     total = info.frames * info.channels
     with np.errstate(divide="ignore"):
         peak_dbfs = float(20.0 * np.log10(peak)) if peak > 0 else float("-inf")
-    return AudioStats(info, peak_dbfs, meter.result(), 100.0 * clipped / total,
+    lufs = meter.result() if meter is not None else float("nan")
+    return AudioStats(info, peak_dbfs, lufs, 100.0 * clipped / total,
                       100.0 * silent / total)
 
 
@@ -341,6 +370,8 @@ def energy_above_db(audio: torch.Tensor, rate: int, edge_hz: float) -> float:
     real content above a model's band (archival transfers: none, below -60 dB)."""
     if rate / 2 <= edge_hz:
         return -math.inf
+    import torch
+
     spec = torch.stft(audio.reshape(-1, audio.shape[-1]).float(), 4096, 1024,
                       window=torch.hann_window(4096), return_complex=True).abs().pow(2)
     above = spec[:, int(edge_hz / rate * 4096) + 1:].sum()

@@ -63,6 +63,7 @@ class SeparateConfig(Section):
     chunk_seconds: float = Field(gt=0.0, le=600.0)
     overlap: float = Field(ge=0.0, le=0.75)
     threads: int = Field(ge=0, le=256)
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 class CullConfig(Section):
@@ -131,6 +132,7 @@ class TrainConfig(Section):
     pool_seconds: float = Field(gt=0.0, le=600.0)
     workers: int = Field(ge=1, le=256)
     freeze: list[str] = Field(max_length=64)
+    precision: Literal["auto", "float32", "bfloat16"] = "float32"
 
 
 class UpscaleConfig(Section):

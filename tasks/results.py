@@ -25,6 +25,7 @@ persist nothing (``persist_result=False``): no flow result is ever read back.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import tempfile
@@ -39,15 +40,22 @@ from prefect.serializers import Serializer
 from prefect.settings import get_current_settings
 from pydantic import BaseModel
 
-from stemloop.adapt.separate import SeparationRecord
-from stemloop.adapt.upscale import FineTuned
-from stemloop.datasets.adaptset import IterationDataset
-
 TYPE = "stemloop-json"
-RECORDS: dict[str, type[BaseModel]] = {
-    cls.__name__: cls for cls in (SeparationRecord, IterationDataset, FineTuned)}
 _TAG = "__stemloop_record__"
 _ERROR = "__stemloop_error__"
+
+
+# The record classes a result may hold, by name, and the module each lives in (imported on
+# first use of that record: a one-shot `stemloop separate` loads no dataset or training code).
+RECORDS = {"SeparationRecord": "stemloop.adapt.separate",
+           "IterationDataset": "stemloop.datasets.adaptset",
+           "FineTuned": "stemloop.adapt.upscale"}
+
+
+def record_class(name: str) -> type[BaseModel] | None:
+    """The listed record class called ``name``, or None (never an import the data names)."""
+    module = RECORDS.get(name)
+    return getattr(importlib.import_module(module), name) if module else None
 
 
 class UnsafeResult(ValueError):
@@ -73,7 +81,7 @@ def encode(value: Any) -> Any:
     if isinstance(value, BaseException):  # a failed task's state: kept as words only
         return {_ERROR: type(value).__qualname__, "message": str(value)}
     name = type(value).__name__
-    if RECORDS.get(name) is type(value):
+    if name in RECORDS and record_class(name) is type(value):
         return {_TAG: name, "data": value.model_dump(mode="json")}
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy/torch scalars
         return encode(value.item())
@@ -88,7 +96,7 @@ def decode(value: Any) -> Any:
         if _ERROR in value:
             return PersistedError(f"{value[_ERROR]}: {value.get('message', '')}")
         if _TAG in value:
-            cls = RECORDS.get(value[_TAG])
+            cls = record_class(value[_TAG])
             if cls is None:
                 raise UnsafeResult(f"unknown record {value[_TAG]!r}")
             return cls.model_validate(value["data"])

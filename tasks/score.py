@@ -12,6 +12,7 @@ from stemloop.adapt.apply import AtRate
 from stemloop.adapt.checkpoint import load_checkpoint
 from stemloop.adapt.metrics import si_sdr
 from stemloop.adapt.model import frame_stride
+from stemloop.adapt.pretrained import set_precision
 from stemloop.adapt.quality import quality_estimate
 from stemloop.adapt.score import pseudo_reference_si_sdr, score_stems
 from stemloop.config import SUPPORTED_RATES, Config
@@ -43,7 +44,7 @@ def score_iteration(stems: dict[str, str], recording: str, model: str, holdout: 
     audio = {name: read_audio(path)[0] for name, path in stems.items()}
     mixture, rate = read_audio(recording)
     # the references score the model that separated the stems, run as it ran on them
-    separator = load_checkpoint(model).model
+    separator = set_precision(load_checkpoint(model).model, config.separate.precision)
     at = rate if rate in SUPPORTED_RATES else separator.sample_rate
     as_run = AtRate(separator, at)
     pseudo = pseudo_reference_si_sdr(as_run, holdout_pairs(Path(holdout), at, config))

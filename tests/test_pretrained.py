@@ -28,6 +28,32 @@ def test_sources_sum_to_the_mixture_and_keep_shape(spleeter):
     assert torch.allclose(stems.sum(1), mixture, atol=1e-6)
 
 
+def test_bfloat16_runs_the_unets_in_bfloat16_and_keeps_the_stems_within_a_hair(spleeter):
+    """separate.precision: the U-Nets' convolutions in bfloat16 (3x faster where the CPU has
+    it), masks and sums in float32: the stems stay within -50 dB (of the mixture) of
+    float32's, still summing exactly (on the demo set SI-SDR moved by at most 0.01 dB)."""
+    from stemloop.adapt.pretrained import native_bfloat16, set_precision
+
+    voice = torch.from_numpy(speechlike(RATE, 2.0, 1, peak=0.3)).float()
+    noise = torch.randn(len(voice), generator=torch.Generator().manual_seed(0))
+    mixture = (voice + 0.05 * noise)[None, None]
+    seen = []
+    hook = spleeter.vocals.down1_conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    try:
+        with torch.no_grad():
+            wide = set_precision(spleeter, "float32")(mixture)
+            narrow = set_precision(spleeter, "bfloat16")(mixture)
+            assert set_precision(spleeter, "auto").bfloat16 == native_bfloat16()
+    finally:
+        hook.remove()
+        set_precision(spleeter, "float32")
+    assert seen == [torch.float32, torch.bfloat16]
+    assert narrow.dtype == torch.float32
+    assert torch.allclose(narrow.sum(1), mixture, atol=1e-6)
+    error = (narrow - wide)[:, 0].pow(2).sum() / mixture.pow(2).sum()
+    assert 0 < float(error) < 1e-5, float(error)  # different arithmetic, the same stems
+
+
 def kept_in_target(model: torch.nn.Module) -> tuple[float, float]:
     """How much of a steady tone and of a voice the model's target keeps (least squares)."""
     voice = torch.from_numpy(speechlike(RATE, 3.0, 1, peak=0.3)).float()

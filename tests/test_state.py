@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -269,3 +270,70 @@ def test_a_database_from_an_older_prefect_that_started_is_left_to_migrate(tmp_pa
     assert check_prefect_db(db) is None and db.is_file()
     _marker(db).write_text("some-other-revision")
     assert "moved to prefect.db.damaged-" in check_prefect_db(db) and not db.exists()
+
+
+FINDER = """
+import os, sys
+from pathlib import Path
+from stemloop.tasks.state import start_prefect, use_state_dir
+
+start_prefect(use_state_dir(Path(sys.argv[1])))
+print(os.environ.get("PREFECT_API_URL"), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_commands_use_a_running_stemloop_server_instead_of_starting_their_own(
+        tmp_path: Path, write_wav, monkeypatch):
+    """`stemloop server` serves the state folder's API; a command there starts none of its
+    own and runs its flow through it; a second server is refused; Ctrl-C stops it and
+    forgets it, and a record left by a killed server is ignored."""
+    import re
+
+    import numpy as np
+
+    from stemloop.tasks.state import running_server
+
+    monkeypatch.delenv("PREFECT_HOME", raising=False)
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "STEMLOOP_"))}
+    env["STEMLOOP_HOME"] = str(state)
+    cli = [sys.executable, "-m", "stemloop.flows.cli"]
+    server = subprocess.Popen([*cli, "server"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        first = server.stdout.readline()
+        url = re.search(r" at (http://127\.0\.0\.1:\d+/api)$", first.strip()).group(1)
+        assert "Ctrl-C stops it" in server.stdout.readline()
+        assert len(servers := prefect_servers(state)) == 1
+        assert running_server(state) == url
+
+        found = subprocess.run([sys.executable, "-c", FINDER, str(state)], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=120)
+        assert found.returncode == 0, found.stderr
+        assert found.stdout.strip() == url and prefect_servers(state) == servers
+
+        noise = np.random.default_rng(0).standard_normal((32000, 1)).astype("float32") * 0.1
+        take = write_wav("take.wav", noise)
+        done = subprocess.run([*cli, "separate", str(take), "--out", str(tmp_path / "stems")],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "stems" / "separation.json").is_file()
+
+        again = subprocess.run([*cli, "server"], cwd=ROOT, env=env, capture_output=True,
+                               text=True, timeout=120)
+        assert again.returncode == 2
+        assert again.stderr.strip() == (f"stemloop: error: a stemloop server already serves "
+                                        f"{state} at {url}")
+        server.send_signal(signal.SIGINT)
+        assert server.wait(60) == 0
+        assert not (state / "prefect" / "server.json").exists()
+        assert wait_until(lambda: not prefect_servers(state), 20)
+    finally:
+        server.kill()
+        for pid in prefect_servers(state):
+            os.kill(pid, signal.SIGKILL)
+
+    record = {"url": url, "pid": server.pid, "home": str(state / "prefect")}
+    (state / "prefect" / "server.json").write_text(json.dumps(record))  # a SIGKILLed server
+    assert running_server(state) is None

@@ -1,4 +1,4 @@
-"""CLI commands for operations: ``stemloop adapt-batch``, ``stemloop runs``, ``stemloop report``.
+"""CLI commands for operations: ``stemloop adapt-batch``, ``runs``, ``report`` and ``server``.
 
 Mistakes (a missing folder or manifest, a bad column, an unknown run) are UserErrors:
 one line, exit 2, checked before Prefect starts.
@@ -35,6 +35,21 @@ def add_ops_commands(sub: argparse._SubParsersAction,
     cmd.add_argument("source", metavar="DIR|CSV", help="folder of recordings or CSV manifest")
     add_config_args(cmd)
     cmd.set_defaults(handler=cmd_adapt_batch)
+
+    cmd = sub.add_parser(
+        "server", help="keep the state folder's Prefect API running, so commands start fast",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Serve the state folder's Prefect API on loopback until Ctrl-C. Every "
+                    "stemloop command using the same state folder finds it and skips starting "
+                    "a temporary API of its own (about 5 s of each `separate`). Without it, "
+                    "commands work as before.",
+        epilog="examples:\n  stemloop server &                 # then, in the same folder:\n"
+               "  stemloop separate take1.wav       # uses the running API\n"
+               "  STEMLOOP_HOME=/data/state stemloop server --port 8500")
+    cmd.add_argument("--port", type=int, metavar="N",
+                     help="loopback port (default: a free one in 8000-8999)")
+    add_config_args(cmd)
+    cmd.set_defaults(handler=cmd_server)
 
     cmd = sub.add_parser(
         "runs", help="list adaptation runs from MLflow: status, best iteration, quality",
@@ -96,6 +111,30 @@ def cmd_adapt_batch(args: argparse.Namespace) -> int:
     out.print(f"{len(rows) - failed} completed, {failed} failed; summary in "
               f"{state / 'batches'}")
     return 2 if failed else 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    if args.port is not None and not 1024 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: give a port from 1024 to 65535")
+    if args.port is not None:
+        import socket
+
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", args.port)) == 0:
+                raise UserError(f"--port {args.port}: something already listens there; pick "
+                                "another port, or leave --port out for a free one")
+    _, state = _setup(args)
+    from stemloop.tasks.state import serve_prefect
+
+    def ready(url: str) -> None:
+        out.print(f"Prefect API for {state} at {url}")
+        out.print("stemloop commands using this state folder use it; Ctrl-C stops it")
+
+    try:
+        serve_prefect(state, args.port, ready)
+    except KeyboardInterrupt:
+        out.print("stopped")
+    return 0
 
 
 def new_file(path: str | None, force: bool, option: str) -> Path | None:
