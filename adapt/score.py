@@ -228,6 +228,7 @@ def _dnsmos_session():
     model = importlib.resources.files("speechmos") / "dnsmos_models" / "sig_bak_ovr.onnx"
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = max(1, torch.get_num_threads())
+    options.enable_cpu_mem_arena = False  # 0.1 GB held between scorings, not 0.3 (7 % slower)
     return onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
@@ -244,8 +245,10 @@ def dnsmos(audio: torch.Tensor, rate: int, hop_s: float = 4.5) -> dict[str, floa
     hop = int(hop_s * DNSMOS_RATE)
     starts = range(0, len(x) - _DNSMOS_WINDOW + 1, hop)
     windows = np.stack([x[s: s + _DNSMOS_WINDOW] for s in starts]).astype(np.float32)
-    raw = np.concatenate([_dnsmos_session().run(None, {"input_1": windows[i: i + 16]})[0]
-                          for i in range(0, len(windows), 16)])
+    # one window a run: as fast as 16 at a time, and 0.2 GB at the peak, not the 1.9 GB that
+    # batches of 16 took (and onnxruntime's arena kept for the rest of an adaptation)
+    raw = np.concatenate([_dnsmos_session().run(None, {"input_1": windows[i: i + 1]})[0]
+                          for i in range(len(windows))])
     return {name: float(np.polyval(_DNSMOS_FIT[name], raw[:, i]).mean())
             for i, name in enumerate(("sig", "bak", "ovrl"))}
 

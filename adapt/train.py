@@ -33,6 +33,7 @@ from torch import nn
 from stemloop.adapt.checkpoint import load_checkpoint, save_checkpoint
 from stemloop.adapt.interface import SeparatorModel
 from stemloop.adapt.metrics import si_sdr
+from stemloop.adapt.pretrained import set_precision
 from stemloop.config import LossWeights, TrainConfig
 from stemloop.names import VAL_SI_SDR, VAL_SI_SDRI
 
@@ -155,6 +156,10 @@ def train(model: SeparatorModel, batches: Batches, val: list[tuple[torch.Tensor,
           keep_start: bool = False) -> dict[str, Any]:
     """Train ``model`` in place and leave its best validated weights in it.
 
+    A Spleeter-family model's U-Nets compute in ``config.precision`` while it trains and
+    validates (``pretrained.set_precision``; the weights and the optimiser stay float32);
+    it is back in float32 after.
+
     Resumes from ``run.last`` when it holds the same stage. Stops after ``steps``
     (default ``config.steps``), when validation has not improved for
     ``config.early_stop_patience`` checks (0 = never), or once validation SI-SDR
@@ -163,11 +168,25 @@ def train(model: SeparatorModel, batches: Batches, val: list[tuple[torch.Tensor,
     model worse on its validation set than the one it started from).
     Returns ``{"step", "best_si_sdr", "stopped", "history"}``.
     """
+    set_precision(model, config.precision)
+    try:
+        return _train(model, batches, val, config, run, stage, steps, lr, inherited_lr_scale,
+                      goal_si_sdr, on_metrics, keep_start)
+    finally:
+        set_precision(model, "float32")
+
+
+def _train(model: SeparatorModel, batches: Batches, val: list[tuple[torch.Tensor, torch.Tensor]],
+           config: TrainConfig, run: Run, stage: Stage, steps: int | None, lr: float | None,
+           inherited_lr_scale: float, goal_si_sdr: float | None, on_metrics: OnMetrics | None,
+           keep_start: bool) -> dict[str, Any]:
     steps = steps if steps is not None else config.steps
     if config.threads:  # on a shared 2-core machine, 1 thread beats 2 contended ones by 5x
         torch.set_num_threads(config.threads)
     groups = parameter_groups(model, stage, lr or config.lr, inherited_lr_scale, config.freeze)
-    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    # fused: one kernel over all parameters (on a CPU the default loops over tensors in
+    # Python: 13 % of a Spleeter fine-tuning step, 0.065 s against 0.024 s)
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=True)
     scheduler = _scheduler(optimizer, config, steps)
     state = {"stage": stage, "step": 0, "best_si_sdr": -math.inf, "bad_checks": 0,
              "history": []}

@@ -253,18 +253,34 @@ def three_minute(args: argparse.Namespace) -> dict:
     env = {**os.environ, "STEMLOOP_HOME": str(folder / "state"), "OMP_NUM_THREADS": "1"}
     command = [*STEMLOOP, "adapt", str(recording),
                *[a for s in args.overrides for a in ("--set", s)]]
+    if args.profile:  # py-spy over the whole tree, 20 samples a second: folded stacks
+        command = ["py-spy", "record", "-s", "-r", "20", "-f", "raw", "-o", args.profile,
+                   "--", *command]
     began = time.monotonic()
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    with open(folder / "adapt.log", "w") as log, open(folder / "memory.tsv", "w") as trace:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        tree_peak = 0.0
+        trace.write("elapsed_s\tmain_rss_mb\ttree_pss_mb\tprocesses\n")
+        while proc.poll() is None:  # the whole tree's memory, every 0.5 s
+            procs = _tree(proc.pid)
+            pss = _sum(procs, lambda p: p.memory_full_info().pss) / 2**20
+            main = _sum(procs[:1], lambda p: p.memory_info().rss) / 2**20
+            tree_peak = max(tree_peak, pss)
+            trace.write(f"{time.monotonic() - began:.1f}\t{main:.0f}\t{pss:.0f}\t"
+                        f"{len(procs)}\n")
+            time.sleep(0.5)
     wall = time.monotonic() - began
     report = next((folder / "state" / "runs").glob("*/run-*/report.json"), None)
     details = json.loads(report.read_text()) if report else {}
-    return {"command": " ".join(command), "exit": done.returncode, "wall_s": round(wall, 1),
+    return {"command": " ".join(command), "exit": proc.returncode, "wall_s": round(wall, 1),
             "audio_s": 180.0, "iterations": len(details.get("iterations", [])),
             "stopped": details.get("stopped"), "stages_s": details.get("stages_s"),
             "recordings_per_hour_per_worker": round(3600 / wall, 2),
             # the largest waited-for child process (the adapt process itself; Linux: KiB)
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
-            "tail": done.stderr[-2000:] if done.returncode else ""}
+            # proportional set size: forked workers' shared pages counted once, not per process
+            "tree_peak_pss_mb": round(tree_peak),
+            "tail": (folder / "adapt.log").read_text()[-2000:] if proc.returncode else ""}
 
 
 def main() -> None:
@@ -278,6 +294,8 @@ def main() -> None:
     cmd = sub.add_parser("three-minute")
     cmd.add_argument("--out", default=str(OUT / "ops-three-minute"))
     cmd.add_argument("--set", dest="overrides", action="append", default=[])
+    cmd.add_argument("--profile", metavar="RAW", help="also record a py-spy profile (folded "
+                                                      "stacks) of the whole process tree")
     args = parser.parse_args()
     result = {"cluster": cluster, "load": load, "three-minute": three_minute}[args.command](args)
     result["load_average"] = [round(x, 2) for x in os.getloadavg()]

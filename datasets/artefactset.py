@@ -48,7 +48,7 @@ def render_artefact_pool(estimate: Estimate, rate: int, schema: str | Path,
     """Render ``count`` mix-bus examples at ``rate`` and keep, for stem ``target``,
     ``[truth, estimate - truth]``: ``(count, 2, channels, time)``."""
     sources = render_pool(schema, library, count, rate, seconds, seed, [target],
-                          workers)  # (count, [target, rest], channels, time)
+                          workers).float()  # (count, [target, rest], channels, time)
     return artefact_examples(estimate, sources.sum(dim=1), sources[:, 0])
 
 

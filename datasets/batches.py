@@ -8,7 +8,9 @@ batch is a pure function of ``(seed, step)`` — the training loop's contract,
 which makes a killed run resume exactly.
 
 Pool layout: ``(examples, targets + 1, channels, time)`` — the model's targets in
-order, then the complement (mixture minus targets).
+order, then the complement (mixture minus targets) — stored as float16 (``POOL_DTYPE``:
+half the memory of float32, and its 11-bit mantissa keeps each source within -66 dB of
+itself; batches are float32).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from stemloop.datasets.loader import MixDataset
 from stemloop.files import atomic_path
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+POOL_DTYPE = torch.float16
 
 
 def as_sources(mixture: torch.Tensor, stems: torch.Tensor, names: tuple[str, ...],
@@ -39,23 +42,33 @@ def _render(args: tuple) -> torch.Tensor:
     schema, library, size, rate, seconds, seed, targets, indices = args
     torch.set_num_threads(1)
     dataset = MixDataset(schema, library, size, rate, seconds, seed)
-    return torch.stack([as_sources(*dataset[i][:2], dataset.names, targets) for i in indices])
+    first = as_sources(*dataset[indices[0]][:2], dataset.names, targets)
+    part = torch.empty((len(indices), *first.shape), dtype=POOL_DTYPE)
+    part[0] = first
+    for k, i in enumerate(indices[1:], start=1):
+        part[k] = as_sources(*dataset[i][:2], dataset.names, targets)
+    return part
 
 
 def render_pool(schema: str | Path, library: str | Path | None, count: int, rate: int,
                 seconds: float, seed: int, targets: list[str], workers: int = 1) -> torch.Tensor:
-    """Render examples ``0 .. count-1`` of ``MixDataset(schema, library, seed)`` as sources."""
+    """Render examples ``0 .. count-1`` of ``MixDataset(schema, library, seed)`` as sources
+    (``POOL_DTYPE``). Each worker's shard is copied into place as it arrives and dropped, so
+    the process never holds the pool twice."""
     workers = max(1, min(workers, count))
     shards = [list(range(count))[k::workers] for k in range(workers)]
     jobs = [(str(schema), str(library) if library else None, count, rate, seconds, seed,
              targets, shard) for shard in shards]
     if workers == 1:
-        parts = [_render(jobs[0])]
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            parts = list(pool.map(_render, jobs))
-    order = torch.cat([torch.tensor(s) for s in shards]).argsort()
-    return torch.cat(parts)[order]
+        return _render(jobs[0])
+    pool = None
+    with ProcessPoolExecutor(workers) as executor:
+        for shard, part in zip(shards, executor.map(_render, jobs), strict=True):
+            if pool is None:
+                pool = torch.empty((count, *part.shape[1:]), dtype=part.dtype)
+            pool[shard] = part
+            del part
+    return pool
 
 
 def remix_batch(pool: torch.Tensor, step: int, batch: int, length: int, seed: int = 0,
@@ -74,8 +87,8 @@ def remix_batch(pool: torch.Tensor, step: int, batch: int, length: int, seed: in
     gains = 10 ** ((torch.rand(batch, 2, generator=gen) * 2 - 1) * gain_db / 20)
     items = []
     for b in range(batch):
-        target = pool[first[b], :-1, :, start[b, 0]: start[b, 0] + length] * gains[b, 0]
-        rest = pool[second[b], -1:, :, start[b, 1]: start[b, 1] + length] * gains[b, 1]
+        target = pool[first[b], :-1, :, start[b, 0]: start[b, 0] + length].float() * gains[b, 0]
+        rest = pool[second[b], -1:, :, start[b, 1]: start[b, 1] + length].float() * gains[b, 1]
         items.append(torch.cat([target, rest]))
     stacked = torch.stack(items)
     return stacked.sum(dim=1), stacked
@@ -83,14 +96,16 @@ def remix_batch(pool: torch.Tensor, step: int, batch: int, length: int, seed: in
 
 def fixed_batches(pool: torch.Tensor, batch: int) -> list[Batch]:
     """The pool as un-remixed batches (validation: the same examples every time)."""
-    return [(chunk.sum(dim=1), chunk) for chunk in pool.split(batch)]
+    chunks = [chunk.float() for chunk in pool.split(batch)]
+    return [(chunk.sum(dim=1), chunk) for chunk in chunks]
 
 
 def cached_pool(path: Path, render: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """The tensor saved at ``path``, else ``render()`` saved there atomically."""
+    """The tensor saved at ``path`` (a float32 pool of an older version as ``POOL_DTYPE``),
+    else ``render()`` saved there atomically."""
     if path.exists():
-        return torch.load(path, weights_only=True)
-    pool = render()
+        return torch.load(path, weights_only=True).to(POOL_DTYPE)
+    pool = render().to(POOL_DTYPE)
     with atomic_path(path) as tmp:
         torch.save(pool, tmp)
     return pool

@@ -21,7 +21,7 @@ from typing import Any
 
 from prefect import get_run_logger
 
-from stemloop import datasets
+from stemloop import datasets, heap
 from stemloop.adapt.checkpoint import load_checkpoint, save_checkpoint
 from stemloop.adapt.train import Run, train
 from stemloop.adapt.upscale import (
@@ -44,7 +44,7 @@ def _inputs(parameters: dict[str, Any]):
     settings = (config.train, config.upscale, config.loop, parameters["rate"],
                 parameters["folder"], parameters["high_band_db"])
     return ([parameters["model"], parameters["schema"], parameters["holdout"]],
-            (*CODE, datasets.adaptset), settings)
+            (*CODE, datasets.adaptset, _fine_tune), settings)
 
 
 @cached_task(name="fine-tune", cache_key_fn=content_key(_inputs))
@@ -53,6 +53,17 @@ def finetune(model: str, schema: str, library: str | None, holdout: str, folder:
              ) -> FineTuned:
     """The fine-tuned model's checkpoints at the working rate and for the recording
     (``high_band_db``: the recording's energy above 11 kHz, ``energy_above_db``)."""
+    heap.trim()  # what the separation and scoring before freed: not into the pool workers
+    try:
+        return _fine_tune(model, schema, library, holdout, folder, rate, config, run_id,
+                          high_band_db)
+    finally:
+        heap.trim()  # the model, optimiser and pools just freed
+
+
+def _fine_tune(model: str, schema: str, library: str | None, holdout: str, folder: str,
+               rate: int, config: Config, run_id: str | None, high_band_db: float
+               ) -> FineTuned:
     work = Path(folder)
     current = load_checkpoint(model).model
     data = TrainingData(schema, library, [config.loop.target], work / "pools",

@@ -47,7 +47,7 @@ def test_artefact_pool_is_truth_plus_artefacts_summing_to_the_estimate(tiny_libr
     general = load_checkpoint(GENERAL).model
     estimate = stem_estimator(general, "dialogue")
     pool = render_artefact_pool(estimate, 16000, SCHEMA, tiny_library, 3, 1.0, 5, "dialogue")
-    sources = render_pool(SCHEMA, tiny_library, 3, 16000, 1.0, 5, ["dialogue"])
+    sources = render_pool(SCHEMA, tiny_library, 3, 16000, 1.0, 5, ["dialogue"]).float()
     assert pool.shape == (3, 2, 1, 16000)
     assert torch.equal(pool[:, 0], sources[:, 0])  # the clean part is the mix bus's truth
     with torch.inference_mode():

@@ -209,6 +209,27 @@ def test_fine_tuning_spleeter_twice_gives_the_same_weights(tmp_path):
     assert all(torch.equal(tuned[0][k], tuned[1][k]) for k in tuned[0])
 
 
+def test_training_in_bfloat16_trains_float32_weights_and_ends_in_float32(tmp_path):
+    """train.precision: the U-Nets compute in bfloat16 while training and validating, the
+    weights and their updates stay float32, and the model is back in float32 after."""
+    from stemloop.adapt.train import Run, train
+    from stemloop.config import load_config
+    from tests.signals import toy_batch
+
+    config = load_config("smoke", ["train.val_every=2", "train.precision=bfloat16"]).train
+    model = wheel_weights()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+    hook = model.vocals.up1[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    train(model, lambda step: toy_batch(step, 1, RATE, 0.5), [toy_batch(99, 1, RATE, 0.5)],
+          config, Run(tmp_path / "bf16"), steps=2)
+    hook.remove()
+    assert seen and set(seen) == {torch.bfloat16} and model.bfloat16 is False
+    assert all(v.dtype == start[k].dtype for k, v in model.state_dict().items())
+    assert any(not torch.equal(v, start[k]) for k, v in model.state_dict().items()
+               if v.is_floating_point())
+
+
 def airy_example(seed: int, seconds: float = 1.5) -> tuple[torch.Tensor, torch.Tensor]:
     """A voice with its air above 11 kHz (noise gated by the voice), over a low tone and a
     steady hiss above 11 kHz: ``(mixture (1, 1, T), sources (1, 2, 1, T))``."""
