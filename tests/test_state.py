@@ -88,7 +88,8 @@ HOLDER = """
 import sys, time
 from pathlib import Path
 from stemloop.flows.cli.main import _exit_on_sigterm
-from stemloop.tasks.state import start_prefect, use_state_dir
+from stemloop.tasks.server import start_prefect
+from stemloop.tasks.state import use_state_dir
 
 try:
     _exit_on_sigterm()
@@ -148,7 +149,7 @@ def test_a_damaged_prefect_database_is_moved_aside_and_a_fresh_one_made(tmp_path
         [aside] = db.parent.glob("prefect.db.damaged-*")
         assert aside.stat().st_size > 0 and db.is_file()
         with sqlite3.connect(db) as con:  # the fresh one is fully migrated
-            from stemloop.tasks.state import prefect_head_revision
+            from stemloop.tasks.server import prefect_head_revision
 
             assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [
                 (prefect_head_revision(),)]
@@ -215,7 +216,7 @@ def test_prefect_console_logs_drop_user_error_tracebacks():
 
     import prefect.main  # noqa: F401  (Prefect's logging set-up, which disables older loggers)
 
-    from stemloop.tasks.state import quiet_user_errors
+    from stemloop.tasks.server import quiet_user_errors
 
     stream = io.StringIO()
     logger = logging.getLogger("prefect.stemloop-test")
@@ -260,7 +261,7 @@ def test_a_database_from_an_older_prefect_that_started_is_left_to_migrate(tmp_pa
     (the marker start_prefect writes) is Prefect's to migrate."""
     import sqlite3
 
-    from stemloop.tasks.state import _marker, check_prefect_db
+    from stemloop.tasks.server import _marker, check_prefect_db
 
     db = tmp_path / "prefect.db"
     with sqlite3.connect(db) as con:
@@ -275,7 +276,8 @@ def test_a_database_from_an_older_prefect_that_started_is_left_to_migrate(tmp_pa
 FINDER = """
 import os, sys
 from pathlib import Path
-from stemloop.tasks.state import start_prefect, use_state_dir
+from stemloop.tasks.server import start_prefect
+from stemloop.tasks.state import use_state_dir
 
 start_prefect(use_state_dir(Path(sys.argv[1])))
 print(os.environ.get("PREFECT_API_URL"), flush=True)
@@ -292,15 +294,16 @@ def test_commands_use_a_running_stemloop_server_instead_of_starting_their_own(
 
     import numpy as np
 
-    from stemloop.tasks.state import running_server
+    from stemloop.tasks.server import running_server
 
     monkeypatch.delenv("PREFECT_HOME", raising=False)
     state = tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "STEMLOOP_"))}
     env["STEMLOOP_HOME"] = str(state)
     cli = [sys.executable, "-m", "stemloop.flows.cli"]
+    log = (tmp_path / "server.log").open("w")  # not a pipe: its logs must never block it
     server = subprocess.Popen([*cli, "server"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+                              stderr=log, text=True)
     try:
         first = server.stdout.readline()
         url = re.search(r" at (http://127\.0\.0\.1:\d+/api)$", first.strip()).group(1)
@@ -326,11 +329,12 @@ def test_commands_use_a_running_stemloop_server_instead_of_starting_their_own(
         assert again.stderr.strip() == (f"stemloop: error: a stemloop server already serves "
                                         f"{state} at {url}")
         server.send_signal(signal.SIGINT)
-        assert server.wait(60) == 0
+        assert server.wait(60) == 0, (tmp_path / "server.log").read_text()[-2000:]
         assert not (state / "prefect" / "server.json").exists()
         assert wait_until(lambda: not prefect_servers(state), 20)
     finally:
         server.kill()
+        log.close()
         for pid in prefect_servers(state):
             os.kill(pid, signal.SIGKILL)
 

@@ -47,13 +47,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from stemloop.adapt.separate import input_stats
     from stemloop.config import load_config
     from stemloop.datasets.audio import check_output_dir
-    from stemloop.tasks.state import (
-        check_run_name,
-        start_prefect,
-        starting_models,
-        state_dir,
-        use_state_dir,
-    )
+    from stemloop.tasks.server import start_prefect
+    from stemloop.tasks.state import check_run_name, starting_models, state_dir, use_state_dir
 
     config = load_config(args.config, args.overrides)
     stats = input_stats(args.recording, config)  # NaN, length, channels: one line, up front

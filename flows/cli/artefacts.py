@@ -46,7 +46,8 @@ def cmd_train_artefacts(args: argparse.Namespace) -> int:
     from stemloop.config import CONFIG_DIR, load_config
     from stemloop.datasets.audio import check_output_dir
     from stemloop.datasets.mixbus_yaml import load_schema
-    from stemloop.tasks.state import start_prefect, state_dir, use_state_dir
+    from stemloop.tasks.server import start_prefect
+    from stemloop.tasks.state import state_dir, use_state_dir
 
     config = load_config(args.config, args.overrides)
     if [*config.model.targets, config.model.complement] != SOURCES:

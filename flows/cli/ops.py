@@ -97,7 +97,7 @@ def cmd_adapt_batch(args: argparse.Namespace) -> int:
     from stemloop.datasets.audio import check_output_dir
 
     check_output_dir(state / "batches")
-    from stemloop.tasks.state import start_prefect
+    from stemloop.tasks.server import start_prefect
 
     start_prefect(state)
     import pandas as pd
@@ -124,7 +124,7 @@ def cmd_server(args: argparse.Namespace) -> int:
                 raise UserError(f"--port {args.port}: something already listens there; pick "
                                 "another port, or leave --port out for a free one")
     _, state = _setup(args)
-    from stemloop.tasks.state import serve_prefect
+    from stemloop.tasks.server import serve_prefect
 
     def ready(url: str) -> None:
         out.print(f"Prefect API for {state} at {url}")

@@ -52,7 +52,8 @@ def cmd_separate(args: argparse.Namespace) -> int:
     from stemloop.adapt.separate import check_outputs, default_out_dir, prepare
     from stemloop.config import load_config
     from stemloop.datasets.audio import check_output_dir
-    from stemloop.tasks.state import resolve_model, start_prefect, state_dir, use_state_dir
+    from stemloop.tasks.server import start_prefect
+    from stemloop.tasks.state import resolve_model, state_dir, use_state_dir
 
     config = load_config(args.config, args.overrides)
     model = resolve_model(str(args.model) if args.model else

@@ -69,7 +69,8 @@ def _prepare(args: argparse.Namespace, check: Callable[[Config], None] | None = 
     line, with no server started for it."""
     from stemloop.config import load_config
     from stemloop.datasets.audio import check_output_dir
-    from stemloop.tasks.state import start_prefect, state_dir, use_state_dir
+    from stemloop.tasks.server import start_prefect
+    from stemloop.tasks.state import state_dir, use_state_dir
 
     config = load_config(args.config, args.overrides)
     if args.library and not (Path(args.library) / MANIFEST).is_file():
