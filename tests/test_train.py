@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -13,7 +14,15 @@ import torch
 
 from stemloop.adapt.checkpoint import load_checkpoint
 from stemloop.adapt.model import build_model
-from stemloop.adapt.train import NEW_LAYERS, Run, losses, parameter_groups, train, validate
+from stemloop.adapt.train import (
+    NEW_LAYERS,
+    Run,
+    losses,
+    parameter_groups,
+    torch_threads,
+    train,
+    validate,
+)
 from stemloop.config import load_config
 from tests.signals import toy_batch
 
@@ -172,3 +181,16 @@ def test_validation_leaves_out_examples_whose_target_is_silent():
     alone = validate(Half(), [with_target])
     both = validate(Half(), [with_target, silent])
     assert both == alone and abs(alone["val/si_sdr"]) < 1.0  # voice at 0 dB against noise
+
+
+def test_auto_threads_follow_omp_num_threads_else_the_cores_shared_out(monkeypatch):
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert torch_threads("auto") == cores
+    assert torch_threads("auto", sharers=2) == max(1, cores // 2)
+    assert torch_threads("auto", sharers=cores + 5) == 1  # never none
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert torch_threads("auto") == 3
+    assert torch_threads(1) == 1 and torch_threads(0) == 0  # a number is taken as it is
+    assert load_config(None, ["train.threads=auto"]).train.threads == "auto"
+    assert load_config(None, ["train.threads=2"]).train.threads == 2
