@@ -21,7 +21,8 @@ LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_36 \
 # bench/demo_set.py (~38 MB download, ~80 MB installed), then the development set's real
 # recorded music and Czech/Dutch voice acting (~145 MB download), then the library's own
 # recorded music (flare-game, hedgewars-data: ~166 MB download, library recipe 3);
-# postgresql: the deployment test starts a private server of its own (tests/postgres.py).
+# postgresql: the deployment test starts a private server of its own (tests/postgres.py);
+# chromium, chromium-driver: the review page's browser test (tests/test_review_browser.py).
 DEBS := espeak-ng festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k flite \
         fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small \
         fillets-ng-data \
@@ -32,7 +33,7 @@ DEBS := espeak-ng festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k
         warzone2100-music frozen-bubble-data fillets-ng-data-cs fillets-ng-data-nl \
         flare-game hedgewars-data \
         tuxpaint-stamps-default \
-        postgresql
+        postgresql chromium chromium-driver
 
 # pip's notes about this machine's optional local package mirrors are noise.
 QUIET := { grep -v -e 'is ignored: it is neither a file nor a directory' -e '^ *$$' || true; }

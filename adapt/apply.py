@@ -107,6 +107,38 @@ def exact_sum(stems: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
     return (stems.double() + residual / stems.shape[0]).float()
 
 
+# integer subtypes' bits (their sample grid is k / 2^(bits-1))
+_GRID_BITS = {"PCM_16": 16, "PCM_24": 24}
+
+
+def output_settings(fmt: str, subtype: str, info: AudioInfo) -> tuple[str, str]:
+    """The stems' file format (``wav``/``flac``) and sample type for a recording: ``auto``
+    follows it (FLAC stays FLAC, anything else becomes WAV; 16 and 24 bits stay, anything
+    else is written as 32-bit float); FLAC stores integers only, so float becomes 24-bit."""
+    if fmt == "auto":
+        fmt = "flac" if info.format == "FLAC" else "wav"
+    if subtype == "auto":
+        subtype = info.subtype if info.subtype in _GRID_BITS else "FLOAT"
+    if fmt == "flac" and subtype == "FLOAT":
+        subtype = "PCM_24"
+    return fmt, subtype
+
+
+def on_grid(stems: torch.Tensor, mixture: torch.Tensor, subtype: str) -> torch.Tensor:
+    """Stems ``(S, C, n)`` on an integer output's sample grid, the last (the complement)
+    taking what the others' rounding left: written at 16 or 24 bits they still sum exactly
+    to a mixture on that grid (a recording of that depth or less). Float64; float outputs
+    come back as they are."""
+    bits = _GRID_BITS.get(subtype)
+    if bits is None:
+        return stems
+    scale = float(2 ** (bits - 1))
+    top = (scale - 1) / scale
+    others = torch.clamp(torch.round(stems[:-1].double() * scale) / scale, -1.0, top)
+    rest = torch.clamp(mixture.double() - others.sum(0), -1.0, top)
+    return torch.cat([others, rest[None]])
+
+
 def chunk_grid(seconds: float, overlap: float, rate: int, alignment: int) -> tuple[int, int]:
     """``(chunk, hop)`` in samples, both multiples of ``alignment``."""
     chunk = max(1, math.ceil(seconds * rate / alignment)) * alignment
@@ -144,7 +176,7 @@ def separate_file(fn: ChunkFn, names: Sequence[str], source: str | Path, out_dir
 
     def emit(stems: torch.Tensor, mixture: torch.Tensor) -> None:
         nonlocal done
-        stems = exact_sum(stems, mixture)
+        stems = on_grid(exact_sum(stems, mixture), mixture, subtype)
         for writer, stem in zip(writers, stems, strict=True):
             writer.write(stem.numpy().T)
         done += mixture.shape[-1]

@@ -101,6 +101,15 @@ def save_checkpoint(path: str | Path, model: SeparatorModel,
     return path
 
 
+def describe(path: str | Path) -> dict[str, Any]:
+    """What a checkpoint separates, read without building its model: ``stems`` (targets,
+    then the complement), ``sample_rate``, ``model_class``."""
+    payload = _read(Path(path))
+    config = payload.get("model_config") or {}
+    return {"stems": [*config.get("targets", []), config.get("complement", "?")],
+            "sample_rate": payload.get("sample_rate"), "model_class": payload.get("model_class")}
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Rebuild the model stored at ``path`` (eval mode, CPU)."""
     path = Path(path)

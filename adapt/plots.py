@@ -34,7 +34,9 @@ def spectrogram_png(audio: torch.Tensor, rate: int, path: Path, title: str) -> P
     """One stem's log-magnitude spectrogram (dBFS, 80 dB range)."""
     db, seconds = _log_spectrogram(audio, rate)
     fig, ax = plt.subplots(figsize=(8, 3), dpi=100)
-    _draw(ax, db, seconds, rate, title)
+    bar = fig.colorbar(_draw(ax, db, seconds, rate, title), ax=ax, pad=0.01)
+    bar.set_label("dBFS", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

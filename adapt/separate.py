@@ -21,7 +21,14 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel
 
-from stemloop.adapt.apply import ChunkFn, ModelStep, Progress, separate_file, stem_paths
+from stemloop.adapt.apply import (
+    ChunkFn,
+    ModelStep,
+    Progress,
+    output_settings,
+    separate_file,
+    stem_paths,
+)
 from stemloop.adapt.checkpoint import load_checkpoint, versions
 from stemloop.adapt.pretrained import set_precision
 from stemloop.adapt.recipe import load_recipe, recipe_file
@@ -67,6 +74,7 @@ class Job:
     recipe: Path | None
     strength: float
     warnings: list[str] = field(default_factory=list)  # silent or clipped input
+    output: tuple[str, str] = ("wav", "FLOAT")  # the stems' format and sample type
 
 
 GENERAL_MODEL = Path(__file__).resolve().parent.parent / "models" / "general-dialogue-v4"
@@ -114,18 +122,19 @@ def prepare(source: str | Path, config: Config, model: str | Path | None = None,
     if not 0.0 < strength <= 10.0:
         raise UserError(f"strength {strength:g} is out of range; use 0 < strength ≤ 10")
     info = stats.info
+    output = output_settings(config.io.output_format, config.io.output_subtype, info)
     if recipe:
         recipe = recipe_file(recipe)
         tree = load_recipe(recipe, info.sample_rate, strength, config.separate.precision)
         return Job(info, tree, tree.names, tree.alignment, tree.model_rates, None, Path(recipe),
-                   strength, stats.warnings())
+                   strength, stats.warnings(), output)
     separator = set_precision(load_checkpoint(model).model, config.separate.precision)
     step = ModelStep(separator, info.sample_rate, strength)
     if getattr(step.model.config, "head", "mask") == "maskless" and strength != 1.0:
         raise UserError(f"{model}: a maskless model has no mask, so strength {strength:g} "
                         "cannot apply; leave strength at 1")
     return Job(info, step, step.names, step.alignment, [step.model.sample_rate], Path(model),
-               None, strength, stats.warnings())
+               None, strength, stats.warnings(), output)
 
 
 def input_stats(source: str | Path, config: Config) -> AudioStats:
@@ -142,7 +151,7 @@ def run_separation(job: Job, out_dir: str | Path, config: Config,
     if config.separate.threads:
         torch.set_num_threads(config.separate.threads)
     out_dir = Path(out_dir)
-    suffix = f".{config.io.output_format}"
+    suffix = f".{job.output[0]}"
     check_outputs(job, out_dir, config, force)
     # A provisional record first: if the run dies between its stems (which appear together,
     # at the end) and its record, the folder is still this job's own, and a rerun with the
@@ -154,7 +163,7 @@ def run_separation(job: Job, out_dir: str | Path, config: Config,
     try:
         paths = separate_file(job.fn, job.names, job.info.path, out_dir,
                               config.separate.chunk_seconds, config.separate.overlap,
-                              job.alignment, suffix, config.io.output_subtype, progress, job.info)
+                              job.alignment, suffix, job.output[1], progress, job.info)
     except BaseException:
         with contextlib.suppress(OSError):  # a full disk: the original error says so
             if before is None:
@@ -182,15 +191,14 @@ def _identity(job: Job, config: Config) -> dict:
     """What makes two jobs' outputs the same: the fields ``is_rerun`` compares."""
     return dict(zip(_IDENTITY, (
         _resolved(job.info.path), _resolved(job.model), _resolved(job.recipe), job.strength,
-        config.separate.chunk_seconds, config.separate.overlap, config.io.output_format,
-        config.io.output_subtype), strict=True))
+        config.separate.chunk_seconds, config.separate.overlap, *job.output), strict=True))
 
 
 # ---------------------------------------------------------------- outputs never replace inputs
 
 def output_paths(job: Job, out_dir: str | Path, config: Config) -> list[Path]:
     """Every file the job writes in ``out_dir``: its stems, then its record."""
-    stems = stem_paths(job.names, out_dir, f".{config.io.output_format}")
+    stems = stem_paths(job.names, out_dir, f".{job.output[0]}")
     return [*stems.values(), Path(out_dir) / RECORD_NAME]
 
 

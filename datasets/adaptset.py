@@ -30,7 +30,15 @@ from pydantic import BaseModel
 from stemloop.config import Config, deep_merge
 from stemloop.datasets.adaptschema import adaptation_schema, reference_schema
 from stemloop.datasets.audio import read_audio, resample, write_audio
-from stemloop.datasets.cull import Segment, apply_guidance, coverage, cull_iteration, segments_table
+from stemloop.datasets.cull import (
+    Segment,
+    apply_guidance,
+    coverage,
+    cull_iteration,
+    marked,
+    segments_table,
+    union,
+)
 from stemloop.datasets.mixbus import Schema
 from stemloop.datasets.mixbus_yaml import dump_schema, schema_from_dict, write_schema
 from stemloop.files import atomic_path, write_text_atomic
@@ -165,6 +173,9 @@ def build_iteration(stems: dict[str, Path], target: str, iteration: int, config:
 
         free = speech_free(mine + rest, rate, config.cull.vad_threshold,
                            config.cull.vad_margin_s, config.cull.min_duration_s, also=mine)
+    if guide.complement:  # a restorer's "no target here": speech-free by their ear
+        free = union(free or [], marked(rest, rate, list(guide.complement)))
+    if free is not None:
         background = rest.clone()
         for s in free:  # the recording itself there
             background[:, s.start:s.stop] += mine[:, s.start:s.stop]

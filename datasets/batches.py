@@ -15,12 +15,14 @@ itself; batches are float32).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
+from stemloop import progress
 from stemloop.datasets.loader import MixDataset
 from stemloop.files import atomic_path
 
@@ -56,18 +58,22 @@ def render_pool(schema: str | Path, library: str | Path | None, count: int, rate
     (``POOL_DTYPE``). Each worker's shard is copied into place as it arrives and dropped, so
     the process never holds the pool twice."""
     workers = max(1, min(workers, count))
-    shards = [list(range(count))[k::workers] for k in range(workers)]
+    parts = min(count, 4 * workers)  # pieces, so a progress bar moves (any split: same pool)
+    shards = [list(range(count))[k::parts] for k in range(parts)]
     jobs = [(str(schema), str(library) if library else None, count, rate, seconds, seed,
              targets, shard) for shard in shards]
-    if workers == 1:
-        return _render(jobs[0])
-    pool = None
-    with ProcessPoolExecutor(workers) as executor:
-        for shard, part in zip(shards, executor.map(_render, jobs), strict=True):
+    pool, done = None, 0
+    progress.report("rendering the training pool", 0, count)
+    with contextlib.ExitStack() as stack:
+        results = (map(_render, jobs) if workers == 1 else
+                   stack.enter_context(ProcessPoolExecutor(workers)).map(_render, jobs))
+        for shard, part in zip(shards, results, strict=True):
             if pool is None:
                 pool = torch.empty((count, *part.shape[1:]), dtype=part.dtype)
             pool[shard] = part
             del part
+            done += len(shard)
+            progress.report("rendering the training pool", done, count)
     return pool
 
 

@@ -112,17 +112,41 @@ def cull_iteration(target: torch.Tensor, complement: torch.Tensor, rate: int, co
     guide, piece = config.loop.guidance, int(config.loop.segment_max_s * rate)
     segments = {}
     only_free = speech_free is not None and config.cull.background == "speech_free"
+    # a restorer's marks: the target is clean here; no target here (the caller passes those
+    # among ``speech_free``); neither stem takes what the other's marks claim
+    marks = {"target": list(guide.target), "complement": list(guide.complement)}
     for name, stem in (("target", target), ("complement", complement)):
+        other = marks["complement" if name == "target" else "target"]
         found = [] if name == "complement" and only_free else apply_guidance(
             cull(stem, rate, config.cull, iteration), rate, list(guide.include),
-            list(guide.exclude))
+            list(guide.exclude) + other)
         if name == "complement" and not only_free:
             found = where_target_absent(found, target, rate, config, iteration)
         if name == "complement" and speech_free is not None:
             found = union(found, apply_guidance(speech_free, rate, list(guide.include),
+                                                list(guide.exclude) + other))
+        if name == "target" and marks["target"]:
+            found = union(found, apply_guidance(marked(stem, rate, marks["target"]), rate, [],
                                                 list(guide.exclude)))
         segments[name] = chop(found, piece)
     return segments
+
+
+def marked(stem: torch.Tensor, rate: int, regions: list[Region]) -> list[Segment]:
+    """Regions (seconds) of ``stem`` as segments, each at its RMS level in dB re the
+    stem's loudest second (within the stem's length; empty regions dropped)."""
+    length = stem.shape[-1]
+    power = stem.detach().double().reshape(-1, length).pow(2).mean(dim=0)
+    second = max(1, min(rate, length))
+    peak = float(power.unfold(0, second, max(1, second // 2)).mean(dim=1).max())
+    found = []
+    for lo, hi in sorted(regions):
+        a, b = max(0, int(lo * rate)), min(length, int(hi * rate))
+        if b > a:
+            level = float(power[a:b].mean())
+            found.append(Segment(a, b, 10 * np.log10(level / peak) if level > 0 and peak > 0
+                                 else -np.inf))
+    return found
 
 
 def union(a: list[Segment], b: list[Segment]) -> list[Segment]:

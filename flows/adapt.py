@@ -25,16 +25,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from prefect import flow, get_run_logger
 
+from stemloop import progress
+from stemloop.adapt.apply import on_grid, output_settings
 from stemloop.adapt.plots import curves_png, iterations_png, spectrogram_png
 from stemloop.adapt.pretrained import BAND_EDGE_HZ
 from stemloop.adapt.quality import delivered_iteration, should_stop
 from stemloop.adapt.recipe import LoopRecipe, loop_recipe, recipe_file
 from stemloop.adapt.separate import input_stats
-from stemloop.config import Config, load_config
+from stemloop.config import Config, guidance_overrides, load_config, result_train
 from stemloop.datasets.audio import energy_above_db, probe, read_audio, write_audio
 from stemloop.files import atomic_path, write_json
+from stemloop.flows import summary
 from stemloop.names import HOLDOUT, MATCHED_SI_SDR, PSEUDO_SI_SDR, QUALITY, truth_si_sdr
 from stemloop.tasks.caching import file_digest
 from stemloop.tasks.dataset import build_dataset
@@ -58,37 +62,69 @@ class Stopwatch:
     def __call__(self, stage: str) -> Iterator[None]:
         begin = time.monotonic()
         try:
-            yield
+            if stage in STAGE_LABELS:  # a stage with no count of its own: a running line
+                with progress.Stage(STAGE_LABELS[stage]):
+                    yield
+            else:
+                yield
         finally:
             self.stages[stage] = self.stages.get(stage, 0.0) + time.monotonic() - begin
 
 
-@flow(name="adapt-recording", log_prints=False, persist_result=False)
+# what a person reads in the progress display (fine-tuning reports its own steps)
+STAGE_LABELS = {"separate": "separating", "dataset": "culling, building the dataset",
+                "score": "scoring", "deliver": "delivering the best iteration"}
+
+
+def _flow_run_name() -> str:
+    """``adapt-<recording name>``: what a person looks for in Prefect's list of runs."""
+    from prefect.runtime import flow_run
+
+    return f"adapt-{Path(str(flow_run.parameters.get('recording', 'recording'))).stem}"
+
+
+@flow(name="adapt-recording", log_prints=False, persist_result=False,
+      flow_run_name=_flow_run_name)
 def adapt_recording(recording: str, config_path: str | None = None,
                     overrides: list[str] | None = None, reference: str | None = None,
-                    run_name: str | None = None, recipe: str | None = None) -> dict[str, Any]:
+                    run_name: str | None = None, recipe: str | None = None,
+                    guidance: str | None = None) -> dict[str, Any]:
     """Adapt a model to ``recording`` and deliver its best stems; returns the report.
     With ``recipe`` (a name or a file) every step's model is adapted in turn, each on what
-    the steps before it left (``adapt_steps``)."""
+    the steps before it left (``adapt_steps``). ``guidance``: a file of a restorer's marks
+    (``stemloop review`` writes it) that steers the loop's data (``loop.guidance``)."""
     started = time.monotonic()
-    config = load_config(config_path, overrides or [])
+    config = load_config(config_path, [*(overrides or []),
+                                       *(guidance_overrides(guidance) if guidance else [])])
     info = input_stats(recording, config).info  # every sample finite, before heavy work
     digest = file_digest(recording)
     chain = loop_recipe(recipe_file(recipe)) if recipe else None
     models = starting_models(config, info.sample_rate, chain)
     run_dir = run_folder(config, recording, digest, run_name, models)
     with run_lock(run_dir):  # one writer per run folder; a second run says so in one line
-        return _adapt(recording, config, info.sample_rate, digest, models, run_dir, reference,
-                      started, chain)
+        report = _adapt(recording, config, info.sample_rate, digest, models, run_dir,
+                        reference, started, chain)
+    _summary_artifact(report, config.loop.target)
+    return report
+
+
+def _summary_artifact(report: dict[str, Any], target: str) -> None:
+    """The end-of-run summary as the flow run's markdown artifact (in Prefect's UI)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    key = re.sub(r"[^a-z0-9-]+", "-", f"adapt-{Path(report['recording']).stem}".lower())
+    create_markdown_artifact(markdown=summary.markdown(report, target), key=key.strip("-"),
+                             description=f"stemloop adapt: {Path(report['recording']).name}")
 
 
 def _adapt(recording: str, config: Config, rate: int, digest: str, models: tuple[str, ...],
            run_dir: Path, reference: str | None, started: float,
            chain: LoopRecipe | None = None) -> dict[str, Any]:
     state = state_dir(config)
-    library = ensure_library(config.mixbus.library_dir, str(state / "library"),
-                             config.mixbus.library_hours, config.mixbus.seed,
-                             config.mixbus.library)
+    with progress.Stage("the training library (built once per state folder)"):
+        library = ensure_library(config.mixbus.library_dir, str(state / "library"),
+                                 config.mixbus.library_hours, config.mixbus.seed,
+                                 config.mixbus.library)
     tracker = Tracker(config, state)
     extra = ({"recipe": chain.path,  # name=target per step, for `stemloop runs`
               "recipe.steps": ",".join(f"{s.name}={s.target}" for s in chain.steps)}
@@ -112,6 +148,10 @@ def _adapt(recording: str, config: Config, rate: int, digest: str, models: tuple
             with timed("deliver"):
                 report = deliver(run_dir, history, stems, stopped, recording, digest, parent,
                                  started, config)
+        marks = config.loop.guidance.model_dump(include={"include", "exclude", "target",
+                                                          "complement"})
+        if any(marks.values()):  # which regions steered this run (the review page shows them)
+            report["guidance"] = marks
         report["wall_s"] = round(time.monotonic() - started, 1)
         report["stages_s"] = {k: round(v, 1) for k, v in timed.stages.items()}
         write_json(run_dir / "report.json", report)
@@ -141,7 +181,8 @@ def adapt_steps(recording: str, rate: int, chain: LoopRecipe, reference: str | N
             "loop": config.loop.model_copy(update={"target": step.target})})
         log.info("recipe step %s: adapting %s", step.name, Path(step.model).name)
         with tracker.run(f"step-{step.name}", {"model": step.model, "loop.target": step.target},
-                         parent=parent, resume=f"step-{step.name}") as child:
+                         parent=parent, resume=f"step-{step.name}") as child, \
+                progress.scope(step.name):
             history, stems, stopped = _iterate(source, rate, (step.model, step.model),
                                                reference, step_config, folder, library,
                                                matched, tracker, child, timed)
@@ -171,10 +212,12 @@ def _recipe_stems(recording: str, chain: LoopRecipe, reports: dict[str, dict[str
     stems = {step.name: read_audio(reports[step.name]["final"][step.target])[0]
              for step in chain.steps}
     stems[chain.rest] = mixture - sum(stems.values())
+    fmt, subtype = output_settings(config.io.output_format, config.io.output_subtype,
+                                   probe(recording))
+    audio = on_grid(torch.stack(list(stems.values())), mixture, subtype)
     final.mkdir(parents=True, exist_ok=True)
-    return {name: str(write_audio(final / f"{name}.{config.io.output_format}", audio, rate,
-                                  config.io.output_subtype))
-            for name, audio in stems.items()}
+    return {name: str(write_audio(final / f"{name}.{fmt}", stem, rate, subtype))
+            for name, stem in zip(stems, audio, strict=True)}
 
 
 def _iterate(recording: str, rate: int, models: tuple[str, str], reference: str | None,
@@ -194,15 +237,16 @@ def _iterate(recording: str, rate: int, models: tuple[str, str], reference: str 
         with tracker.run(f"iteration-{k}", {"model": model_rec}, parent=parent,
                          resume=f"iteration-{k}") as child:
             log.info("iteration %d: separating with %s", k, Path(model_rec).name)
-            with timed("separate"):
-                record = separate_file(recording, str(folder / "stems"), model_rec, None, None,
-                                       config)
-            with timed("dataset"):
-                data = build_dataset(record.stems, k, config, str(folder / "dataset"), matched,
-                                     str(run_dir / HOLDOUT), library)
-            with timed("score"):
-                metrics = score_iteration(record.stems, recording, model_rec, data.holdout,
-                                          reference, config, library)
+            with progress.scope(f"iteration {k}"):
+                with timed("separate"):
+                    record = separate_file(recording, str(folder / "stems"), model_rec, None,
+                                           None, config)
+                with timed("dataset"):
+                    data = build_dataset(record.stems, k, config, str(folder / "dataset"),
+                                         matched, str(run_dir / HOLDOUT), library)
+                with timed("score"):
+                    metrics = score_iteration(record.stems, recording, model_rec, data.holdout,
+                                              reference, config, library)
             metrics.update({f"cull/coverage_{n}": v for n, v in data.coverage.items()})
             metrics.update({f"cull/seconds_{n}": v for n, v in data.seconds.items()})
             write_json(folder / "scores.json", metrics)
@@ -219,7 +263,7 @@ def _iterate(recording: str, rate: int, models: tuple[str, str], reference: str 
                                         else "no_improvement")
             log.info("iteration %d: fine-tuning on %.1f s of culled target", k,
                      data.seconds["target"])
-            with timed("finetune"):
+            with timed("finetune"), progress.scope(f"iteration {k + 1}"):
                 tuned = finetune(model_work, data.schema_path, library, data.holdout,
                                  str(run_dir / f"iter-{k + 1:03d}" / "model"), rate, config,
                                  child, high_band)
@@ -245,7 +289,9 @@ def run_folder(config: Config, recording: str, digest: str, run_name: str | None
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(recording).stem)[:40] or "recording"
     # What changes the results, not how they are orchestrated or tracked: `adapt`, a batch
     # with other concurrency and a deployment all find (and resume) the same folder.
-    results = config.model_dump_json(exclude={"orchestration", "tracking"})
+    # (thread and worker counts neither: adapt-batch shares the cores out)
+    results = config.model_copy(update={"train": result_train(config)}).model_dump_json(
+        exclude={"orchestration", "tracking"})
     identity = results + "".join(file_digest(m) for m in dict.fromkeys(models))
     name = check_run_name(run_name) or "run-" + hashlib.sha256(identity.encode()).hexdigest()[:8]
     return state_dir(config) / "runs" / f"{slug}-{digest[:8]}" / name

@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 from prefect import flow, get_run_logger, runtime
 
+from stemloop.adapt.train import torch_threads
 from stemloop.config import load_config
 from stemloop.errors import UserError
 from stemloop.files import write_json, write_text_atomic
@@ -35,7 +36,11 @@ SUMMARY_COLUMNS = ["recording", "status", "best_iteration", "quality", "si_sdr",
                    "iterations", "wall_s", "run_dir", "mlflow_run_id", "reason"]
 
 
-@flow(name="adapt-batch", log_prints=False, persist_result=False)
+def _flow_run_name() -> str:
+    return f"adapt-batch-{Path(str(runtime.flow_run.parameters.get('source', 'batch'))).stem}"
+
+
+@flow(name="adapt-batch", log_prints=False, persist_result=False, flow_run_name=_flow_run_name)
 def adapt_batch(source: str, config_path: str | None = None,
                 overrides: list[str] | None = None) -> list[dict[str, Any]]:
     """Adapt every recording of folder or manifest ``source``; returns the summary rows."""
@@ -47,6 +52,7 @@ def adapt_batch(source: str, config_path: str | None = None,
     # Built once here: children starting together must not each build a missing library.
     ensure_library(config.mixbus.library_dir, str(state / "library"),
                    config.mixbus.library_hours, config.mixbus.seed, config.mixbus.library)
+    overrides += share_threads(config.train.threads, config.orchestration.concurrency)
     log.info("%d recordings, %d at a time", len(jobs), config.orchestration.concurrency)
     pool = ThreadPoolExecutor(config.orchestration.concurrency, thread_name_prefix="adapt")
     try:
@@ -67,6 +73,14 @@ def adapt_batch(source: str, config_path: str | None = None,
     log.info("batch done: %d completed, %d failed; summary %s\n%s", len(rows) - failed, failed,
              folder / "summary.csv", format_summary(table))
     return rows
+
+
+def share_threads(threads: int | str, concurrency: int) -> list[str]:
+    """The override that shares this process's cores between the recordings adapted at
+    once (``train.threads: auto`` would give each all of them: contended threads spin)."""
+    if threads != "auto":
+        return []
+    return [f"train.threads={torch_threads('auto', concurrency)}"]
 
 
 def _adapt_one(job: Job, config_path: str | None, overrides: list[str],

@@ -22,7 +22,7 @@ def main() -> int:
     recording, truth = next((EXAMPLES / r, EXAMPLES / t) for r, t in CHOICES
                             if (EXAMPLES / r).is_file())
     err.print(f"stemloop demo: adapting to {recording.name} with the default settings "
-              "(about 7 minutes on 2 CPU cores; rerun to resume if interrupted)",
+              "(about 5 minutes on 2 CPU cores; rerun to resume if interrupted)",
               soft_wrap=True)
     return cli(["adapt", str(recording), "--reference", str(truth)])
 

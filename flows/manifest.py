@@ -29,17 +29,22 @@ class Job:
     problem: str | None = None  # set when the row cannot run at all
 
 
+def audio_files(folder: Path) -> list[Path]:
+    """The recordings in ``folder`` (its audio files, sorted); none is a one-line error."""
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise UserError(f"{folder}: no recordings in this folder (looked for "
+                        f"{', '.join(sorted(AUDIO_SUFFIXES))}); give a folder of "
+                        "recordings or a CSV manifest")
+    return files
+
+
 def read_jobs(source: str | Path) -> list[Job]:
     """The recordings of a folder (audio files, sorted) or of a CSV manifest."""
     path = Path(source)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir()
-                       if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-        if not files:
-            raise UserError(f"{path}: no recordings in this folder (looked for "
-                            f"{', '.join(sorted(AUDIO_SUFFIXES))}); give a folder of "
-                            "recordings or a CSV manifest")
-        return [Job(str(p.resolve())) for p in files]
+        return [Job(str(p.resolve())) for p in audio_files(path)]
     if not path.is_file():
         raise UserError(f"{path}: no such folder or CSV manifest; give a folder of recordings "
                         "or a .csv with a 'recording' column")

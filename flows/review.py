@@ -204,8 +204,10 @@ def _spectrograms(run_dir: Path, stems: list[str], best: int) -> str:
 
 def _general_stems(run_dir: Path, stems: list[str]) -> dict[str, str]:
     """Iteration 0's stems (the general model's), to listen to beside the delivered ones."""
+    folder = run_dir / "iter-000" / "stems"
     return {f"iteration 0 (general model): {name}":
-            str(run_dir / "iter-000" / "stems" / f"{name}.wav") for name in stems}
+            str(next(iter(sorted(folder.glob(f"{name}.*"))), folder / f"{name}.wav"))
+            for name in stems}  # .wav or .flac: as the recording (io.output_format auto)
 
 
 def _players(recording: str | None, final: dict[str, str], seconds: float,

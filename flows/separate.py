@@ -17,7 +17,13 @@ from stemloop.tasks.separate import separate_file
 from stemloop.tasks.state import resolve_model
 
 
-@flow(name="separate", log_prints=False, persist_result=False)
+def _flow_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return f"separate-{Path(str(flow_run.parameters.get('recording', 'recording'))).stem}"
+
+
+@flow(name="separate", log_prints=False, persist_result=False, flow_run_name=_flow_run_name)
 def separate(recording: str, out_dir: str, model: str | None = None, recipe: str | None = None,
              strength: float | None = None, config_path: str | None = None,
              overrides: list[str] | None = None, force: bool = False) -> dict:

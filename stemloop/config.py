@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from annotated_types import Ge, Gt, Le, Lt
@@ -31,8 +31,8 @@ class Section(BaseModel):
 class IOConfig(Section):
     min_duration_s: float = Field(ge=0.0, le=3600.0)
     block_seconds: float = Field(gt=0.0, le=3600.0)
-    output_format: Literal["wav", "flac"]
-    output_subtype: Literal["FLOAT", "PCM_24", "PCM_16"]
+    output_format: Literal["auto", "wav", "flac"]
+    output_subtype: Literal["auto", "FLOAT", "PCM_24", "PCM_16"]
     clip_threshold: float = Field(gt=0.0, le=1.0)
     silence_dbfs: float = Field(ge=-200.0, le=0.0)
 
@@ -127,7 +127,7 @@ class TrainConfig(Section):
     early_stop_patience: int = Field(ge=0)
     checkpoint_every: int = Field(ge=1)
     seed: int = Field(ge=0)
-    threads: int = Field(ge=0, le=256)
+    threads: Literal["auto"] | Annotated[int, Ge(0), Le(256)]
     pool_size: int = Field(ge=1, le=1_000_000)
     pool_seconds: float = Field(gt=0.0, le=600.0)
     workers: int = Field(ge=1, le=256)
@@ -164,6 +164,8 @@ class ScoreConfig(Section):
 class GuidanceConfig(Section):
     include: list[tuple[float, float]]
     exclude: list[tuple[float, float]]
+    target: list[tuple[float, float]] = []      # "the target is clean here": train on it
+    complement: list[tuple[float, float]] = []  # "no target here": the recording is background
     extra_clips: list[str]
     drop_library: list[str]
     schema_overrides: dict[str, Any]
@@ -245,6 +247,25 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         raise ConfigError(_describe(exc, set_keys, preset, origin)) from None
 
 
+GUIDANCE_KEYS = ("include", "exclude", "target", "complement", "extra_clips", "drop_library",
+                 "schema_overrides")
+
+
+def guidance_overrides(path: str | Path) -> list[str]:
+    """A guidance file (``stemloop review`` writes one; keys as ``loop.guidance``, plus
+    ``recording`` and ``run`` for the record) as ``--set`` overrides of ``loop.guidance``."""
+    data = read_yaml(Path(path), "guidance file")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a guidance file is a mapping (include, exclude, target, "
+                          "complement, ...); write one with `stemloop review RUN`")
+    unknown = sorted(set(data) - set(GUIDANCE_KEYS) - {"recording", "run"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown guidance key '{unknown[0]}'; known: "
+                          f"{', '.join(GUIDANCE_KEYS)}")
+    return [f"loop.guidance.{key}={yaml.safe_dump(data[key], default_flow_style=True).strip()}"
+            for key in GUIDANCE_KEYS if data.get(key) is not None]
+
+
 def resolve_preset(path: str | Path) -> Path:
     """A file path, or the name of a preset in configs/ (``smoke`` → configs/smoke.yaml)."""
     candidate = Path(path)
@@ -311,8 +332,10 @@ def _describe(exc: ValidationError, set_keys: dict[str, str], preset: dict[str, 
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"]]
     key = ".".join(loc)
-    if key in set_keys:
-        source = f"from --set {set_keys[key]}"
+    given = next((item for k, item in set_keys.items()  # --set a.b.c=1 where 'a' is unknown
+                  if k == key or k.startswith(f"{key}.")), None)
+    if given is not None:
+        source = f"from --set {given}"
     elif _has_dotted(preset, loc):
         source = f"in {origin}"
     else:

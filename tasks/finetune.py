@@ -76,7 +76,7 @@ def _fine_tune(model: str, schema: str, library: str | None, holdout: str, folde
                             or holdout_pairs(Path(holdout), r, config))
 
     batches, val = data_for(current.sample_rate)
-    logger = progress_logger(config, run_id, config.train.steps)
+    logger = progress_logger(config, run_id, config.train.steps, "fine-tuning")
     train(current, batches, val, config.train, Run(work / "train"), on_metrics=logger,
           keep_start=True)
     working = save_checkpoint(work / f"model-{current.sample_rate}.pt", current)
@@ -91,7 +91,7 @@ def _fine_tune(model: str, schema: str, library: str | None, holdout: str, folde
     elif grows:
         high, report = upscale(current, rate, data_for, config.upscale, config.train, work,
                                progress_logger(config, run_id, config.upscale.new_layers_steps
-                                               + config.upscale.all_steps))
+                                               + config.upscale.all_steps, "upscaling"))
         keep = keeps_upscaled(report)
         if keep:
             recording = save_checkpoint(work / f"model-{rate}.pt", high)

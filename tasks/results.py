@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -177,7 +178,33 @@ class KeyStorage(LocalFileSystem):
 
 
 def cached_task(cache_key_fn: Callable | None = None, **options: Any) -> Callable:
-    """``@task`` whose result is persisted as data only (see the module docstring)."""
+    """``@task`` whose result is persisted as data only (see the module docstring), its
+    runs named after what they work on (``fine-tune-iter-1``, ``score-iteration-music-iter-0``)."""
     policy = CacheKeyFnPolicy(cache_key_fn=cache_key_fn) if cache_key_fn else DEFAULT
+    options.setdefault("task_run_name", run_name(options["name"]))
     return task(persist_result=True, result_serializer=DataOnlyJSON(),
                 cache_policy=policy.configure(key_storage=KeyStorage()), **options)
+
+
+_STEP, _ITERATION = re.compile(r"[/\\]steps[/\\]([\w.-]+)"), re.compile(r"iter-(\d+)")
+
+
+def run_name(base: str) -> Callable[[], str]:
+    """A task run's name: ``base``, then the recipe step and iteration that its path
+    parameters (a run folder's ``steps/<name>/iter-NNN/...``) point into, when they do."""
+
+    def name() -> str:
+        from prefect.runtime import task_run
+
+        texts = []
+        parameters = task_run.parameters  # where the task writes says most: look there first
+        for key in sorted(parameters, key=lambda k: k not in ("folder", "out_dir", "stems")):
+            value = parameters[key]
+            texts += [str(v) for v in (value.values() if isinstance(value, dict) else [value])
+                      if isinstance(v, str | Path)]
+        text = " ".join(texts)
+        step, iteration = _STEP.search(text), _ITERATION.search(text)
+        return "-".join([base, *([step[1]] if step else []),
+                         *([f"iter-{int(iteration[1])}"] if iteration else [])])
+
+    return name

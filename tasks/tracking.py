@@ -18,6 +18,10 @@ from typing import Any
 from stemloop.config import Config
 from stemloop.tasks.state import tracking_uri
 
+# MLflow 3's UI opens an experiment with this tag in its model-training view (runs, metrics,
+# charts) instead of the GenAI one (traces, evaluations)
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
 
 class Tracker:
     def __init__(self, config: Config, state: Path):
@@ -42,8 +46,12 @@ class Tracker:
             client = self.client
             with _store_lock(self.uri):
                 found = client.get_experiment_by_name(self.experiment_name)
+                if found and found.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
+                    client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND,
+                                              MODEL_TRAINING)
                 self._experiment_id = found.experiment_id if found else (
-                    client.create_experiment(self.experiment_name, self.artifacts))
+                    client.create_experiment(self.experiment_name, self.artifacts,
+                                             tags={EXPERIMENT_KIND: MODEL_TRAINING}))
         return self._experiment_id
 
     def start(self, name: str, params: dict[str, Any] | None = None,
@@ -97,8 +105,9 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k.replace("@", "_"), float(v), now, step) for k, v in metrics.items()
-                 if v == v and abs(float(v)) != float("inf")]
+        # six significant digits: what MLflow's tables show (no 15-decimal noise in dB)
+        items = [Metric(k.replace("@", "_"), float(f"{float(v):.6g}"), now, step)
+                 for k, v in metrics.items() if v == v and abs(float(v)) != float("inf")]
         if items:
             self.client.log_batch(run_id, metrics=items)
 

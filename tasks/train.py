@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from stemloop import adapt, datasets
+from stemloop import adapt, datasets, progress
 from stemloop.adapt.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 from stemloop.adapt.model import build_model
 from stemloop.adapt.train import Run, train
@@ -43,13 +43,15 @@ def _inputs(parameters: dict[str, Any]):
     return files, (*CODE, training_data), settings
 
 
-def progress_logger(config: Config, run_id: str | None, total: int):
-    """Metrics to MLflow every step; a progress line to the flow's log at each validation."""
+def progress_logger(config: Config, run_id: str | None, total: int, label: str = "training"):
+    """Metrics to MLflow every step; a progress line to the flow's log at each validation;
+    the step to a progress bar (``stemloop.progress``, as ``label``)."""
     from prefect import get_run_logger
 
     tracker, log = Tracker(config, state_dir(config)), get_run_logger()
 
     def on_metrics(metrics: dict[str, float], step: int) -> None:
+        progress.report(label, step, total)
         tracker.metrics(run_id, metrics, step)
         val = {k: v for k, v in metrics.items() if "val/" in k}
         if val:

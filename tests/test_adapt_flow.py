@@ -65,12 +65,23 @@ def test_adapt_flow_delivers_stems_report_figures_and_mlflow_runs(
 
     source, truth, model = recording
     before = source.read_bytes()
+    delivered = source.parent / "delivered"
     argv = ["adapt", str(source), "--config", "smoke", "--reference", str(truth),
-            *overrides(model, tiny_library)]
+            "-o", str(delivered), *overrides(model, tiny_library)]
     assert main(argv) == 0
     assert source.read_bytes() == before  # the input is never modified
     run_dir = next((state_dir() / "runs").glob("scene-*/run-*"))
     report = json.loads((run_dir / "report.json").read_text())
+    printed = capsys.readouterr().out  # the end of the run: how good, why, where, what next
+    first, chosen = report["iterations"][0], report["iterations"][report["best_iteration"]]
+    assert f"{first['quality/estimate']:.2f} -> {chosen['quality/estimate']:.2f}" in printed
+    assert "true dialogue SI-SDR" in printed and f"stemloop review {run_dir}" in printed
+    assert "Finished in state" not in printed and "stopped" in printed
+    for path in report["final"].values():  # -o: the delivered stems copied there
+        assert (delivered / Path(path).name).read_bytes() == Path(path).read_bytes()
+        assert str(delivered / Path(path).name) in printed
+    assert json.loads((delivered / "delivery.json").read_text())["run_dir"] == str(run_dir)
+    _prefect_names_and_summary(report)
     assert len(report["iterations"]) == 3  # iteration 0 + loop.max_iterations (2)
     best = report["best_iteration"]
     estimates = [it["quality/estimate"] for it in report["iterations"]]
@@ -95,11 +106,33 @@ def test_adapt_flow_delivers_stems_report_figures_and_mlflow_runs(
     assert parent.data.tags["stemloop.recording_sha256"] == report["recording_sha256"]
     history = client.get_metric_history(parent.info.run_id, "quality/estimate")
     assert [m.step for m in history] == [0, 1, 2]
+    assert all(len(repr(m.value)) <= 12 for m in history)  # six significant digits, no noise
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert "cull/coverage_target" in children[0].data.metrics
     capsys.readouterr()
     assert main(argv) == 0  # a rerun is served from the cache and delivers the same stems
     again = json.loads((run_dir / "report.json").read_text())
     assert [it["quality/estimate"] for it in again["iterations"]] == estimates
+
+
+def _prefect_names_and_summary(report: dict) -> None:
+    """The flow run is named after the recording, task runs after their iteration, and the
+    run's summary is a markdown artifact."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            name=FlowRunFilterName(any_=["adapt-scene"])))
+        assert runs, "no flow run named after the recording"
+        names = {t.name for t in client.read_task_runs() if t.flow_run_id == runs[-1].id}
+        artifacts = client.read_artifacts()
+    assert {"separate-file-iter-0", "score-iteration-iter-0", "fine-tune-iter-1",
+            "fine-tune-iter-2", "score-iteration-iter-2"} <= names, names
+    summary = next(a for a in artifacts if a.key == "adapt-scene")
+    assert summary.type == "markdown" and "true dialogue SI-SDR" in summary.data
+    assert f"stemloop review {report['run_dir']}" in summary.data
 
 
 def _final(state: Path) -> dict[str, np.ndarray]:
@@ -113,7 +146,7 @@ def test_sigkill_during_fine_tuning_then_rerun_matches_an_uninterrupted_run(
     source, _, model = recording
     extra = ("train.steps=40", "train.checkpoint_every=2", "train.threads=1",
              "orchestration.state_dir=", "tracking.enabled=false")
-    command = [*STEMLOOP, "adapt", str(source), "--config", "smoke",
+    command = [*STEMLOOP, "-v", "adapt", str(source), "--config", "smoke",  # -v: task states
                *overrides(model, tiny_library, *extra)]
 
     def run(state: Path, **kwargs):
@@ -170,7 +203,7 @@ def test_run_folder_follows_the_config_and_the_starting_model(tmp_path):
     # how a run is orchestrated or tracked is not what it computes: a batch resumes `adapt`'s
     batch = load_config("smoke", [f"orchestration.state_dir={tmp_path}",
                                   "orchestration.concurrency=2", "orchestration.cache=true",
-                                  "tracking.enabled=false"])
+                                  "tracking.enabled=false", "train.threads=1"])
     assert same == run_folder(batch, "reel.flac", "0" * 64, None, (str(a),))
 
 
@@ -184,7 +217,7 @@ def test_a_lower_rate_model_is_upscaled_and_kept_only_if_it_beats_resampling(
     extra = ("loop.max_iterations=1", "loop.working_rate=8000", "train.threads=1",
              "tracking.enabled=false")
     env = {**os.environ, "STEMLOOP_HOME": str(tmp_path / "state")}
-    done = subprocess.run([*STEMLOOP, "adapt", str(source), "--config",
+    done = subprocess.run([*STEMLOOP, "-v", "adapt", str(source), "--config",
                            "smoke", *overrides(low, tiny_library, *extra)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr

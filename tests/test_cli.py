@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -64,12 +65,50 @@ def test_config_show_rejects_a_bad_key_with_exit_2(capsys):
     assert code == 2 and "'train.steps' = 0" in err and "≥ 1" in err
 
 
+def test_an_unknown_key_given_with_set_blames_set_not_the_defaults(capsys):
+    code, _, err = run(capsys, "config", "show", "--set", "nosuch.key=1")
+    assert code == 2 and "'nosuch' is unknown (from --set nosuch.key=1)" in err
+    assert "default.yaml" not in err
+
+
+def test_every_command_help_shows_an_example(capsys):
+    from stemloop.flows.cli.main import build_parser
+
+    def commands(parser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from ([(name, sub)] if sub.get_default("handler") else commands(sub))
+
+    found = dict(commands(build_parser()))
+    assert {"separate", "adapt", "models", "show", "info"} <= set(found)
+    for name, sub in found.items():
+        assert "example" in (sub.epilog or ""), name
+
+
+def test_models_lists_shipped_checkpoints_pretrained_and_recipes(capsys):
+    code, out, _ = run(capsys, "models", "--json")
+    assert code == 0
+    found = json.loads(out)
+    shipped = {m["name"]: m for m in found["shipped"]}
+    assert shipped["general-dialogue-v4"]["stems"] == ["dialogue", "background"]
+    assert shipped["general-dialogue-v4"]["rates"] == [44100]
+    assert shipped["general-dialogue-v2"]["rates"] == [16000, 48000]
+    assert shipped["general-music-v1"]["stems"][0] == "music"
+    assert "archive" in {r["name"] for r in found["recipes"]}
+    assert {m["name"] for m in found["pretrained"]} == {"spleeter", "spleeter-accompaniment"}
+    code, out, _ = run(capsys, "models")
+    assert code == 0 and "general-dialogue-v4 " in out and "dialogue + background" in out
+
+
 def test_installed_console_script_help_version_and_user_error_without_traceback(tmp_path):
     exe = [sys.executable, "-m", "stemloop.flows.cli"]
     help_run = subprocess.run([*exe, "--help"], capture_output=True, text=True, check=True)
     assert "info" in help_run.stdout and "config" in help_run.stdout
     version = subprocess.run([*exe, "version"], capture_output=True, text=True, check=True)
     assert version.stdout.startswith("stemloop 0.1.0") and "torch 2.11" in version.stdout
+    flag = subprocess.run([*exe, "--version"], capture_output=True, text=True, check=True)
+    assert flag.stdout.strip() == "stemloop 0.1.0"
     bad = subprocess.run([*exe, "info", str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip() == f"stemloop: error: {tmp_path}: is a directory; give an audio file"

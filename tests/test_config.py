@@ -105,3 +105,23 @@ def test_python_tags_are_named_as_such_never_loaded(tmp_path):
         with pytest.raises(ConfigError, match=rf"evil\.yaml: {what} uses a Python tag at line 1"):
             load(evil)
     assert not marker.exists()
+
+
+def test_a_guidance_file_becomes_loop_guidance_and_mistakes_name_the_file(tmp_path):
+    from stemloop.config import guidance_overrides
+
+    good = tmp_path / "guidance.yaml"
+    good.write_text("recording: /x/reel.wav\ntarget: [[1.0, 2.5]]\ncomplement: []\n"
+                    "exclude: [[3.0, 3.25]]\n")
+    config = load_config(None, guidance_overrides(good))
+    assert config.loop.guidance.target == [(1.0, 2.5)]
+    assert config.loop.guidance.exclude == [(3.0, 3.25)] and config.loop.guidance.complement == []
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("targets: [[1, 2]]\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown guidance key 'targets'"):
+        guidance_overrides(bad)
+    bad.write_text("- just a list\n")
+    with pytest.raises(ConfigError, match="bad.yaml: a guidance file is a mapping"):
+        guidance_overrides(bad)
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        guidance_overrides(tmp_path / "missing.yaml")

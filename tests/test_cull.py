@@ -89,3 +89,33 @@ def test_silence_and_stereo():
     table = segments_table("dialogue", segments, RATE)
     assert list(table.columns) == ["stem", "start", "stop", "start_s", "stop_s", "level_db"]
     assert (table["stop"] > table["start"]).all()
+
+
+def test_a_restorers_marks_become_material_and_are_kept_apart():
+    """`target` marks (the target is clean here) become target segments even where the cull
+    would not take them; `complement` marks never count as target; `exclude` wins over both."""
+    from stemloop.datasets.cull import cull_iteration, marked
+
+    target = bursts([(0.5, 2.5, 0.5), (4.0, 4.6, 0.02)])  # loud speech, then a faint voice
+    complement = bursts([(0.0, 6.0, 0.05)])
+    plain = load_config()
+    guided = load_config(overrides=["loop.guidance.target=[[4.0, 4.6]]",
+                                    "loop.guidance.complement=[[1.0, 1.5]]",
+                                    "loop.guidance.exclude=[[4.4, 4.6]]"])
+
+    def seconds(segments, lo, hi):
+        return sum(max(0, min(s.stop, hi * RATE) - max(s.start, lo * RATE))
+                   for s in segments) / RATE
+
+    before = cull_iteration(target, complement, RATE, plain, 0)
+    after = cull_iteration(target, complement, RATE, guided, 0,
+                           marked(complement, RATE, [(1.0, 1.5)]))
+    assert seconds(before["target"], 4.0, 4.6) < 0.1  # too faint for the cull alone
+    assert seconds(after["target"], 4.0, 4.4) == pytest.approx(0.4)  # marked clean: taken
+    assert seconds(after["target"], 4.4, 4.6) == 0  # but a leak mark wins
+    assert seconds(before["target"], 1.0, 1.5) == pytest.approx(0.5)
+    assert seconds(after["target"], 1.0, 1.5) == 0  # "no target here": never target...
+    assert seconds(after["complement"], 1.0, 1.5) == pytest.approx(0.5)  # ...but background
+    assert seconds(after["complement"], 4.0, 4.6) == 0  # a clean-target mark is no background
+    levels = [s.level_db for s in marked(target, RATE, [(4.0, 4.6), (9.0, 9.5)])]
+    assert len(levels) == 1 and -40 < levels[0] < -20  # 0.02 against 0.5: about -28 dB

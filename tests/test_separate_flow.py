@@ -262,3 +262,67 @@ def test_a_full_output_disk_is_one_line_and_leaves_no_partial_stems(prefect_harn
     assert len(lines) == 1 and "Traceback" not in err, err
     assert "no space left" in lines[0] and "--out" in lines[0]
     assert code == 2 and list(disk.iterdir()) == [] and digest(source) == before
+
+
+@pytest.mark.slow
+def test_several_inputs_and_a_folder_each_get_their_stems_after_all_are_checked(
+        prefect_harness, tiny_checkpoint, write_wav, tmp_path: Path, capsys):
+    rng = np.random.default_rng(7)
+    takes = {name: rng.normal(0, 0.1, (RATE, 1)).astype(np.float32) for name in "abc"}
+    first = write_wav("a.wav", takes["a"], RATE)
+    folder = tmp_path / "reels"
+    folder.mkdir()
+    for name in "bc":
+        sf.write(folder / f"{name}.wav", takes[name], RATE, subtype="FLOAT")
+    (folder / "notes.txt").write_text("not audio, not listed")
+    out = tmp_path / "stems"
+    broken = write_wav("broken.wav", takes["a"], RATE)
+    broken.write_bytes(broken.read_bytes()[:30])  # a header, then nothing
+    args = ["--model", str(tiny_checkpoint), "-o", str(out), "--config", "smoke"]
+    assert main(["separate", str(first), str(folder), str(broken), *args]) == 2
+    assert "broken.wav" in capsys.readouterr().err and not out.exists()  # nothing written
+    assert main(["separate", str(first), str(folder), *args]) == 0
+    printed = capsys.readouterr().out
+    for name, data in takes.items():
+        stems = out / f"{name}-stems"
+        total = sum(sf.read(stems / f"{s}.wav", dtype="float32", always_2d=True)[0]
+                    for s in ("voice", "music", "rest"))
+        assert np.abs(total - data).max() < 1e-6 and str(stems.resolve()) in printed
+    twin = tmp_path / "other"
+    twin.mkdir()
+    sf.write(twin / "a.wav", takes["b"], RATE, subtype="FLOAT")
+    fresh = ["--model", str(tiny_checkpoint), "-o", str(tmp_path / "fresh"), "--config", "smoke"]
+    assert main(["separate", str(first), str(twin / "a.wav"), *fresh]) == 2  # one folder
+    assert "shares its name" in capsys.readouterr().err and not (tmp_path / "fresh").exists()
+    assert main(["separate", str(first), str(twin / "a.wav"), *args]) == 0  # a-stems taken:
+    assert (out / "a-stems-2" / "voice.wav").is_file()  # the other a.wav gets the next one
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("written,flags,expected", [
+    (("FLAC", "PCM_16"), [], ("flac", "PCM_16")),            # auto: as the recording
+    (("WAV", "PCM_24"), [], ("wav", "PCM_24")),
+    (("FLAC", "PCM_16"), ["--format", "wav", "--bit-depth", "24"], ("wav", "PCM_24")),
+    (("WAV", "PCM_16"), ["--bit-depth", "32f"], ("wav", "FLOAT")),
+    (("OGG", "VORBIS"), [], ("wav", "FLOAT")),               # lossy in: float WAV out
+])
+def test_stems_follow_the_input_format_and_depth_and_still_sum_exactly(
+        prefect_harness, tiny_checkpoint, tmp_path: Path, written, flags, expected):
+    fmt, subtype = written
+    source = tmp_path / f"take.{fmt.lower()}"
+    data = np.random.default_rng(5).normal(0, 0.1, (2 * RATE, 2)).clip(-1, 1)
+    sf.write(source, data, RATE, format=fmt, subtype=subtype)
+    out = tmp_path / "stems"
+    assert main(["separate", str(source), "--model", str(tiny_checkpoint), "-o", str(out),
+                 "--config", "smoke", *flags]) == 0
+    suffix, depth = expected
+    paths = [out / f"{name}.{suffix}" for name in ("voice", "music", "rest")]
+    assert all(sf.info(p).subtype == depth for p in paths)
+    record = json.loads((out / "separation.json").read_text())
+    assert (record["output_format"], record["output_subtype"]) == expected
+    mixture = sf.read(source, dtype="float64")[0]
+    total = sum(sf.read(p, dtype="float64")[0] for p in paths)
+    if depth == "FLOAT" or subtype == "VORBIS":
+        assert np.abs(total - mixture).max() < 1e-6
+    else:  # on the integer grid: the complement took the rounding, so the sum is exact
+        assert np.array_equal(total, mixture)

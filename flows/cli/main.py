@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import sys
+import textwrap
 import threading
 from collections.abc import Sequence
 from importlib import metadata
@@ -34,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    quiet_libraries(args.verbose)
     previous = None
     try:
         previous = _exit_on_sigterm()
@@ -53,6 +55,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def quiet_libraries(verbose: int) -> None:
+    """Prefect's and MLflow's info lines (server start and stop, task states, table
+    creation) stay out of a command's output unless ``-v``; a level set in the
+    environment wins either way. Set before either library is imported."""
+    for key in _LIBRARY_LEVELS:
+        if key not in _USER_LEVELS:
+            os.environ[key] = "INFO" if verbose else "WARNING"
+    os.environ[_OURS] = ",".join(k for k in _LIBRARY_LEVELS if k not in _USER_LEVELS)
+
+
+_LIBRARY_LEVELS = ("PREFECT_LOGGING_LEVEL", "MLFLOW_LOGGING_LEVEL")
+_OURS = "STEMLOOP_SET_LEVELS"  # the levels a stemloop command set (its children inherit them)
+_USER_LEVELS = {key for key in _LIBRARY_LEVELS if key in os.environ
+                and key not in os.environ.get(_OURS, "").split(",")}  # as the user set them
 
 
 def _exit_on_sigterm():
@@ -110,17 +128,32 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stemloop",
         description="Separate old single-track recordings into clean stems by adapting a model "
                     "to each recording.",
-        epilog="State (Prefect home, MLflow store, runs) lives in $STEMLOOP_HOME or ./.stemloop. "
-               "Exit codes: 0 ok, 2 bad input or config, 1 a bug.")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  stemloop separate take1.wav              # two stems in seconds, no adapting\n"
+               "  stemloop adapt take1.wav -o stems/       # adapt to the recording: best stems\n"
+               "  stemloop review .stemloop/runs/<recording>/<run>   # listen, compare, mark\n"
+               "  stemloop models                          # models and recipes to choose from\n"
+               "  stemloop COMMAND --help                  # each command's options, examples\n\n"
+               "State (Prefect home, MLflow store, runs) lives in $STEMLOOP_HOME or "
+               "./.stemloop.\nExit codes: 0 ok, 2 bad input or config, 1 a bug.")
+    parser.add_argument("--version", action="version", version=f"stemloop {_version('stemloop')}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="show Prefect's and MLflow's own log lines (task states, servers)")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    cmd = sub.add_parser("version", help="print versions of stemloop and its key libraries")
+    cmd = sub.add_parser("version", help="print versions of stemloop and its key libraries",
+                         epilog="example:\n  stemloop version    # (stemloop --version: its own)",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     cmd.set_defaults(handler=cmd_version)
 
     cmd = sub.add_parser("info", help="describe an audio file: format, rate, level, loudness",
                          description="Describe an audio file: format, subtype, rate, channels, "
                                      "duration, peak, integrated loudness (BS.1770-4), clipping "
-                                     "and digital silence. Streams the file, so any length works.")
+                                     "and digital silence. Streams the file, so any length works.",
+                         epilog="examples:\n  stemloop info reel3.flac\n"
+                                "  stemloop info reel3.flac --json",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     cmd.add_argument("file", help="audio file (WAV, FLAC, OGG, AIFF, ...)")
     cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_config_args(cmd)
@@ -128,7 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="show the effective configuration")
     config_sub = config.add_subparsers(title="config commands", metavar="ACTION")
-    cmd = config_sub.add_parser("show", help="print the effective config as YAML")
+    cmd = config_sub.add_parser("show", help="print the effective config as YAML",
+                                epilog="examples:\n  stemloop config show\n"
+                                       "  stemloop config show --config smoke --set "
+                                       "train.steps=50",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(cmd)
     cmd.set_defaults(handler=cmd_config_show)
 
@@ -156,10 +193,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_adapt_command(sub, add_config_args)
 
-    from stemloop.flows.cli.ops import add_ops_commands
+    from stemloop.flows.cli.ops import add_ops_commands, add_review_command
 
     add_ops_commands(sub, add_config_args)
+    add_review_command(sub, add_config_args)
+
+    from stemloop.flows.cli.models import add_models_command
+
+    add_models_command(sub, add_config_args)
+    _add_examples(parser)
     return parser
+
+
+EXAMPLES = {  # for the commands whose own module gives none
+    "build": ["stemloop library build --out lib/ --hours 0.25"],
+    "preview": ["stemloop dataset preview --out preview/ --n 4",
+                "stemloop dataset preview --out preview/ --schema configs/mixbus/music.yaml "
+                "--rate 44100"],
+    "match": ["stemloop dataset match reel.wav --out reel-matched.yaml",
+              "stemloop dataset match reel.wav --stem dialogue=reel-stems/dialogue.wav "
+              "--out m.yaml"],
+    "score": ["stemloop score take1-stems/", "stemloop score take1-stems/ --mixture take1.wav"],
+    "train-general": ["stemloop train-general --out models/mine --config general",
+                      "stemloop train-general --out models/mine-music --init "
+                      "spleeter-accompaniment --config general-spleeter-music"],
+    "upscale": ["stemloop upscale models/mine/model-16000.pt --to 48000 --out m-48k.pt"],
+    "train-artefacts": ["stemloop train-artefacts --out models/artefacts"],
+    "adapt-batch": ["stemloop adapt-batch reels/", "stemloop adapt-batch manifest.csv --set "
+                    "orchestration.concurrency=1"],
+    "runs": ["stemloop runs", "stemloop runs --limit 20 --csv runs.csv"],
+    "report": ["stemloop report .stemloop/runs/<recording>/<run>",
+               "stemloop report 3f2a...e1 --out review.html --seconds 60"],
+}
+
+
+def _add_examples(parser: argparse.ArgumentParser) -> None:
+    """Every command's --help ends with examples (EXAMPLES, where its module gave none)."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for name, sub in action.choices.items():
+            _add_examples(sub)
+            if name in EXAMPLES and "example" not in (sub.epilog or ""):
+                if sub.description and sub.formatter_class is argparse.HelpFormatter:
+                    sub.description = textwrap.fill(sub.description, 88)
+                sub.formatter_class = argparse.RawDescriptionHelpFormatter
+                sub.epilog = "\n".join(["examples:", *("  " + e for e in EXAMPLES[name]),
+                                        *([sub.epilog] if sub.epilog else [])])
 
 
 def add_config_args(cmd: argparse.ArgumentParser) -> None:

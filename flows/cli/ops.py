@@ -69,16 +69,76 @@ def add_ops_commands(sub: argparse._SubParsersAction,
                     "spectrograms before (iteration 0) and after (delivered), and audio "
                     "players for the recording and its final stems. Logged as report.html "
                     "to the run's MLflow parent run.")
-    cmd.add_argument("run", metavar="RUN", help="run folder (…/runs/<recording>/<run>) or "
-                                                "MLflow run id (see `stemloop runs`)")
-    cmd.add_argument("--out", metavar="FILE", help="page to write (default: RUN/report.html, "
-                                                   "rewritten each time); an existing FILE "
-                                                   "is replaced only with --force")
-    cmd.add_argument("--force", action="store_true", help="replace an existing --out FILE")
-    cmd.add_argument("--seconds", type=float, default=30.0,
-                     help="seconds of each stem to embed (default 30)")
+    _page_args(cmd, "page to write (default: RUN/report.html, rewritten each time); an "
+                    "existing FILE is replaced only with --force", 30.0,
+               "seconds of each stem to embed (default 30)")
     add_config_args(cmd)
     cmd.set_defaults(handler=cmd_report)
+
+
+def _page_args(cmd: argparse.ArgumentParser, out_help: str, seconds: float,
+               seconds_help: str) -> None:
+    """RUN, --out, --force and --seconds: what `report` and `review` share."""
+    cmd.add_argument("run", metavar="RUN", help="run folder (…/runs/<recording>/<run>) or "
+                                                "MLflow run id (see `stemloop runs`)")
+    cmd.add_argument("--out", metavar="FILE", help=out_help)
+    cmd.add_argument("--force", action="store_true", help="replace an existing --out FILE")
+    cmd.add_argument("--seconds", type=float, default=seconds, help=seconds_help)
+
+
+def add_review_command(sub: argparse._SubParsersAction,
+                       add_config_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    cmd = sub.add_parser(
+        "review", help="listen to a run, compare iterations A/B, mark regions for the next run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Serve one run's review page on loopback until Ctrl-C: the deciding "
+                    "figures in plain words,\nwhy the iteration was delivered, synced A/B "
+                    "playback of the recording, every iteration's stems\nand what each "
+                    "removed, a waveform with a loop region, spectrograms. Mark regions "
+                    "(dialogue clean\nhere, no dialogue here, leak here) and save them: "
+                    "RUN/guidance.yaml, for `adapt --guidance`.\nWith --out, write the page "
+                    "as one self-contained file instead (marks are then downloaded).",
+        epilog="examples:\n  stemloop review .stemloop/runs/<recording>/<run>\n"
+               "  stemloop review 3f2a...e1 --port 8765          # an MLflow run id\n"
+               "  stemloop review <run> --out review.html --seconds 120\n"
+               "  stemloop adapt reel.wav --guidance <run>/guidance.yaml   # then")
+    _page_args(cmd, "write a self-contained page instead of serving it (an existing FILE "
+                    "needs --force)", 60.0,
+               "with --out: seconds of each source to embed (default 60)")
+    cmd.add_argument("--port", type=int, metavar="N", help="loopback port (default: a free one)")
+    add_config_args(cmd)
+    cmd.set_defaults(handler=cmd_review)
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    given = new_file(args.out, args.force, "--out")
+    if args.port is not None and not 1024 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: give a port from 1024 to 65535")
+    if args.seconds <= 0:
+        raise UserError(f"--seconds {args.seconds:g}: give a positive number of seconds")
+    config, state = _setup(args)
+    from stemloop.flows.review_app import Review, render
+    from stemloop.tasks.tracking import Tracker
+
+    run_dir = _run_folder(args.run, Tracker(config, state))
+    if given:
+        write_new_file(given, render(run_dir, served=False, seconds=args.seconds), "--out")
+        out.print(f"review page  {given.resolve()}")
+        return 0
+    try:
+        server = Review(run_dir, args.port or 0)
+    except OSError as exc:
+        raise UserError(f"--port {args.port}: cannot listen there ({exc.strerror}); pick "
+                        "another port, or leave --port out for a free one") from None
+    out.print(f"review of {run_dir} at {server.url} (loopback only; Ctrl-C stops it)")
+    out.print(f"saved marks go to {run_dir / 'guidance.yaml'}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        out.print("stopped")
+    finally:
+        server.server_close()
+    return 0
 
 
 def _setup(args: argparse.Namespace):
