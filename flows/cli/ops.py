@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import re
+import signal
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -185,6 +186,10 @@ def cmd_server(args: argparse.Namespace) -> int:
                                 "another port, or leave --port out for a free one")
     _, state = _setup(args)
     from stemloop.tasks.server import serve_prefect
+
+    # Ctrl-C or `kill -INT` stops it even when started as a background job (`stemloop server
+    # &`), whose shell starts it with SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def ready(url: str) -> None:
         out.print(f"Prefect API for {state} at {url}")
