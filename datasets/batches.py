@@ -63,7 +63,7 @@ def render_pool(schema: str | Path, library: str | Path | None, count: int, rate
     jobs = [(str(schema), str(library) if library else None, count, rate, seconds, seed,
              targets, shard) for shard in shards]
     pool, done = None, 0
-    progress.report("rendering the training pool", 0, count)
+    progress.report("rendering training mixes", 0, count)
     with contextlib.ExitStack() as stack:
         results = (map(_render, jobs) if workers == 1 else
                    stack.enter_context(ProcessPoolExecutor(workers)).map(_render, jobs))
@@ -73,7 +73,7 @@ def render_pool(schema: str | Path, library: str | Path | None, count: int, rate
             pool[shard] = part
             del part
             done += len(shard)
-            progress.report("rendering the training pool", done, count)
+            progress.report("rendering training mixes", done, count)
     return pool
 
 

@@ -41,7 +41,7 @@ def test_a_pool_is_the_same_however_its_rendering_is_split_and_reports_its_count
     alone = render_pool(schema, tiny_library, 6, 8000, 0.5, 3, ["dialogue"], workers=1)
     assert [done for _, done, _ in heard] == [0, 2, 4, 5, 6]  # four parts for one worker
     assert {(label, total) for label, _, total in heard} == {
-        ("rendering the training pool", 6)}
+        ("rendering training mixes", 6)}
     heard.clear()
     shared = render_pool(schema, tiny_library, 6, 8000, 0.5, 3, ["dialogue"], workers=2)
     assert torch.equal(alone, shared) and heard[-1][1:] == (6, 6)

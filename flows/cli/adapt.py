@@ -130,7 +130,7 @@ def progress_bars(verbose: int) -> Iterator[None]:
     if verbose:
         yield
         return
-    columns = (TextColumn("{task.description:<52}"), BarColumn(bar_width=30),
+    columns = (TextColumn("{task.description:<46}"), BarColumn(bar_width=20),
                TaskProgressColumn(), TimeElapsedColumn(), TextColumn("eta"),
                TimeRemainingColumn())
     with Progress(*columns, console=err) as bars:
