@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
 from stemloop.errors import UserError
 
 # what `adapt` reads through libsndfile (MP3 and Opus included), so a folder of them is a batch
@@ -55,6 +53,8 @@ def read_jobs(source: str | Path) -> list[Job]:
 
 
 def _manifest_jobs(path: Path) -> list[Job]:
+    import pandas as pd  # here: `separate` lists folders with this module, and needs no pandas
+
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
