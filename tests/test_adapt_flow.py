@@ -274,7 +274,8 @@ def test_adapt_with_a_recipe_adapts_every_step_on_what_the_previous_left(
 
     source, truth, dialogue_model = recording
     torch.manual_seed(1)
-    config = load_config("smoke").model.model_copy(update={"targets": ["noise"]})
+    config = load_config("smoke").model.model_copy(update={"targets": ["noise"],  # as the
+                                                          "complement": "rest"})  # shipped one
     noise_model = save_checkpoint(tmp_path / "noise.pt", build_model(config, RATE))
     recipe = tmp_path / "two.yaml"
     recipe.write_text(f"name: two\nsteps:\n  - {{name: dialogue, models: [{dialogue_model}]}}\n"

@@ -84,7 +84,7 @@ def test_separate_file_streams_keeps_length_channels_and_sums(tmp_path: Path, wr
     chunk_s = 0.5
     paths = separate_file(ModelStep(model, RATE), model.sources, source, tmp_path / "out",
                           chunk_s, 0.25, model.alignment)
-    assert [p.name for p in paths.values()] == ["voice.wav", "music.wav", "rest.wav"]
+    assert [p.name for p in paths.values()] == ["voice.wav", "music.wav", "background.wav"]
     stems = [sf.read(p, dtype="float32") for p in paths.values()]
     assert all(rate == RATE and audio.shape == data.shape for audio, rate in stems)
     assert np.abs(sum(audio for audio, _ in stems) - data).max() < 1e-6
@@ -97,7 +97,7 @@ def test_other_input_rate_is_resampled_in_and_out(write_wav, tmp_path: Path):
     model = tiny_model()
     paths = separate_file(ModelStep(model, 44100), model.sources, source, tmp_path, 0.5, 0.25)
     target, rate = sf.read(paths["dialogue"], dtype="float32")
-    rest, _ = sf.read(paths["rest"], dtype="float32")
+    rest, _ = sf.read(paths["background"], dtype="float32")
     assert rate == 44100 and target.shape == (data.shape[0],)
     assert np.abs(target + rest - data[:, 0]).max() < 1e-6
     # 15 kHz is above the 16 kHz model's Nyquist: it can only be in the complement.

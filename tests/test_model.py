@@ -81,7 +81,7 @@ def test_heads_and_rnns_sum_to_mixture(head: str, rnn: str):
     with torch.inference_mode():
         stems = model(mixture)
     assert stems.shape == (1, 3, 2, 4000)
-    assert model.sources == ["a", "b", "rest"]
+    assert model.sources == ["a", "b", "background"]
     assert float((stems.sum(1) - mixture).abs().max()) < 1e-6
 
 

@@ -45,7 +45,7 @@ def test_flow_writes_stems_record_and_reuses_its_cache(prefect_harness, tiny_che
     before = digest(source)
     out = tmp_path / "stems"
     record = separate(str(source), str(out), model=str(tiny_checkpoint), config_path="smoke")
-    assert list(record["stems"]) == ["voice", "music", "rest"]
+    assert list(record["stems"]) == ["voice", "music", "background"]
     stems = [sf.read(record["stems"][n], dtype="float32")[0] for n in record["stems"]]
     assert all(s.shape == data.shape for s in stems)
     assert np.abs(sum(stems) - data).max() < 1e-6
@@ -68,12 +68,13 @@ def test_cli_separates_and_prints_stems(prefect_harness, tiny_checkpoint, stereo
                  "--strength", "2", "--config", "smoke", "--set", "separate.chunk_seconds=0.5"])
     printed = capsys.readouterr().out
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["music.wav", "rest.wav",
+    assert sorted(p.name for p in out.iterdir()) == ["background.wav", "music.wav",
                                                      "separation.json", "voice.wav"]
     record = json.loads((out / "separation.json").read_text())
     assert record["strength"] == 2.0 and record["chunk_seconds"] == 0.5
     assert "voice.wav" in printed and "separation.json" in printed
-    total = sum(sf.read(out / f"{n}.wav", dtype="float32")[0] for n in ("voice", "music", "rest"))
+    total = sum(sf.read(out / f"{n}.wav", dtype="float32")[0]
+                for n in ("voice", "music", "background"))
     assert np.abs(total - data).max() < 1e-6
 
 
@@ -286,7 +287,7 @@ def test_several_inputs_and_a_folder_each_get_their_stems_after_all_are_checked(
     for name, data in takes.items():
         stems = out / f"{name}-stems"
         total = sum(sf.read(stems / f"{s}.wav", dtype="float32", always_2d=True)[0]
-                    for s in ("voice", "music", "rest"))
+                    for s in ("voice", "music", "background"))
         assert np.abs(total - data).max() < 1e-6 and str(stems.resolve()) in printed
     twin = tmp_path / "other"
     twin.mkdir()
@@ -316,7 +317,7 @@ def test_stems_follow_the_input_format_and_depth_and_still_sum_exactly(
     assert main(["separate", str(source), "--model", str(tiny_checkpoint), "-o", str(out),
                  "--config", "smoke", *flags]) == 0
     suffix, depth = expected
-    paths = [out / f"{name}.{suffix}" for name in ("voice", "music", "rest")]
+    paths = [out / f"{name}.{suffix}" for name in ("voice", "music", "background")]
     assert all(sf.info(p).subtype == depth for p in paths)
     record = json.loads((out / "separation.json").read_text())
     assert (record["output_format"], record["output_subtype"]) == expected
