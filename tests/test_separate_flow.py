@@ -327,3 +327,26 @@ def test_stems_follow_the_input_format_and_depth_and_still_sum_exactly(
         assert np.abs(total - mixture).max() < 1e-6
     else:  # on the integer grid: the complement took the rounding, so the sum is exact
         assert np.array_equal(total, mixture)
+
+
+@pytest.mark.slow
+def test_library_chatter_only_with_verbose(tiny_checkpoint, stereo_mix, tmp_path: Path):
+    """Prefect's own lines (its temporary server, task states) stay out of a command's
+    output unless -v; the user's environment is not asked (it sets no level here)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFECT_LOGGING_LEVEL", "MLFLOW_LOGGING_LEVEL", "STEMLOOP_SET_LEVELS")}
+    base = [sys.executable, "-m", "stemloop.flows.cli"]
+    args = ["separate", str(stereo_mix[0]), "--model", str(tiny_checkpoint), "--config",
+            "smoke"]
+    quiet = subprocess.run([*base, *args, "-o", str(tmp_path / "a")], env=env,
+                           capture_output=True, text=True, timeout=300)
+    loud = subprocess.run([*base, "-v", *args, "-o", str(tmp_path / "b")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr + loud.stderr
+    assert "Finished in state" not in quiet.stderr + quiet.stdout
+    assert "Finished in state Completed()" in loud.stderr + loud.stdout
+    assert "voice.wav" in quiet.stdout and "voice.wav" in loud.stdout
