@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,7 +36,7 @@ from stemloop.adapt.recipe import LoopRecipe, loop_recipe, recipe_file
 from stemloop.adapt.separate import input_stats
 from stemloop.config import Config, guidance_overrides, load_config, result_train
 from stemloop.datasets.audio import energy_above_db, probe, read_audio, write_audio
-from stemloop.files import atomic_path, write_json
+from stemloop.files import copy_files, write_json
 from stemloop.flows import summary
 from stemloop.names import HOLDOUT, MATCHED_SI_SDR, PSEUDO_SI_SDR, QUALITY, truth_si_sdr
 from stemloop.tasks.caching import file_digest
@@ -320,14 +319,7 @@ def deliver(run_dir: Path, history: list[dict[str, float]], stems: list[dict[str
             config: Config) -> dict[str, Any]:
     """Copy the best iteration's stems to ``final/``; write report.json and the figures."""
     best = delivered_iteration(history, config.loop.own_voice_guard_db)
-    final = run_dir / "final"
-    final.mkdir(parents=True, exist_ok=True)
-    delivered = {}
-    for name, path in stems[best].items():
-        target = final / Path(path).name
-        with atomic_path(target) as tmp:
-            shutil.copyfile(path, tmp)
-        delivered[name] = str(target)
+    delivered = copy_files(stems[best], run_dir / "final")
     loaded = [{n: read_audio(p)[0] for n, p in s.items()} for s in stems]
     rate = probe(recording).sample_rate
     iterations_png(loaded, rate, [f"iteration {k}" for k in range(len(stems))],

@@ -24,7 +24,7 @@ import soundfile as sf
 from stemloop.adapt.plots import curves_png
 from stemloop.adapt.quality import delivered_iteration
 from stemloop.errors import UserError
-from stemloop.names import PSEUDO_SI_SDR, QUALITY, TRUTH_PREFIX, truth_si_sdr
+from stemloop.names import PSEUDO_SI_SDR, QUALITY, SEPARATION_RECORD, TRUTH_PREFIX, truth_si_sdr
 
 RUN_COLUMNS = ["recording", "run", "status", "best_iteration", "quality", "si_sdr",
                "iterations", "stems", "started", "run_id"]
@@ -202,12 +202,22 @@ def _spectrograms(run_dir: Path, stems: list[str], best: int) -> str:
     return "\n".join(figures)
 
 
+def iteration_stems(run_dir: Path, k: int) -> dict[str, str]:
+    """Iteration ``k``'s stem files by name, as its separation record lists them (their
+    format follows the recording's: io.output_format auto); empty when there is none."""
+    try:
+        record = json.loads((run_dir / f"iter-{k:03d}" / "stems" / SEPARATION_RECORD)
+                            .read_text())
+    except (OSError, ValueError):
+        return {}
+    return dict(record.get("stems") or {}) if isinstance(record, dict) else {}
+
+
 def _general_stems(run_dir: Path, stems: list[str]) -> dict[str, str]:
     """Iteration 0's stems (the general model's), to listen to beside the delivered ones."""
-    folder = run_dir / "iter-000" / "stems"
-    return {f"iteration 0 (general model): {name}":
-            str(next(iter(sorted(folder.glob(f"{name}.*"))), folder / f"{name}.wav"))
-            for name in stems}  # .wav or .flac: as the recording (io.output_format auto)
+    found, folder = iteration_stems(run_dir, 0), run_dir / "iter-000" / "stems"
+    return {f"iteration 0 (general model): {name}": found.get(name, str(folder / f"{name}.wav"))
+            for name in stems}
 
 
 def _players(recording: str | None, final: dict[str, str], seconds: float,

@@ -26,7 +26,7 @@ import yaml
 
 from stemloop.errors import UserError
 from stemloop.files import write_text_atomic
-from stemloop.flows.review import _flac_preview, load_report
+from stemloop.flows.review import _flac_preview, iteration_stems, load_report
 from stemloop.flows.summary import STOPS, disagreement
 from stemloop.names import MATCHED_SI_SDR, PSEUDO_SI_SDR, QUALITY, truth_si_sdr
 
@@ -108,15 +108,14 @@ def _sources(run_dir: Path, report: dict[str, Any]) -> list[dict[str, str]]:
     found = [{"label": "recording", "group": "input", "path": report["recording"]}]
     names = list(report["final"])
     for k in range(len(report["iterations"])):
-        folder = run_dir / f"iter-{k:03d}" / "stems"
+        stems = iteration_stems(run_dir, k)
         for n, name in enumerate(names):
-            path = next(iter(sorted(folder.glob(f"{name}.*"))), None)
-            if path is None or path.suffix == ".json":
+            if (path := stems.get(name)) is None:
                 continue
             label = name if n == 0 else f"removed ({name})"
             found.append({"label": f"{k}: {label}", "group": f"iteration {k}"
                           + (" (delivered)" if k == report["best_iteration"] else ""),
-                          "path": str(path)})
+                          "path": path})
     return found
 
 

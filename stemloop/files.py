@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,3 +68,15 @@ def file_digest(path: str | Path) -> str:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def copy_files(paths: dict[str, str], folder: Path) -> dict[str, str]:
+    """Copy each named file into ``folder`` (created), each atomically; the copies' paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = {}
+    for name, path in paths.items():
+        target = folder / Path(path).name
+        with atomic_path(target) as tmp:
+            shutil.copyfile(path, tmp)
+        copies[name] = str(target)
+    return copies

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import shutil
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -175,15 +174,9 @@ DELIVERY = "delivery.json"
 
 def deliver_to(report: dict, folder: Path) -> dict[str, str]:
     """Copy the delivered stems to ``folder`` (each atomically) with ``delivery.json``."""
-    from stemloop.files import atomic_path, write_json
+    from stemloop.files import copy_files, write_json
 
-    folder.mkdir(parents=True, exist_ok=True)
-    copied = {}
-    for name, path in report["final"].items():
-        target = folder / Path(path).name
-        with atomic_path(target) as tmp:
-            shutil.copyfile(path, tmp)
-        copied[name] = str(target)
+    copied = copy_files(report["final"], folder)
     write_json(folder / DELIVERY, {"recording": report["recording"],
                                    "run_dir": report["run_dir"], "stems": copied})
     return copied
