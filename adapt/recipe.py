@@ -44,6 +44,7 @@ class StepSpec(BaseModel):
     steps: list[StepSpec] = Field(default_factory=list)
     rest: str = Field(default="other", pattern=NAME)  # complement name inside this step
     post: list[str] = Field(default_factory=list, max_length=8)  # artefact models on the target
+    adapt: bool = True  # `adapt --recipe`: fine-tune this step's model (else iteration 0 only)
 
 
 class RecipeSpec(BaseModel):
@@ -207,13 +208,16 @@ def _walk(steps: list[StepSpec]) -> list[StepSpec]:
 
 class LoopStep(BaseModel):
     """One step of a recipe the loop adapts: its stem's name, the model's target it
-    extracts, and the checkpoint the loop starts from."""
+    extracts, the checkpoint the loop starts from, and whether the loop fine-tunes it
+    (``adapt: false``: the step separates, culls and scores its iteration 0 and delivers
+    it, so its stem is the shipped model's on what the adapted steps before it left)."""
 
     model_config = ConfigDict(frozen=True)
 
     name: str
     target: str
     model: str
+    adapt: bool = True
 
 
 class LoopRecipe(BaseModel):
@@ -254,5 +258,6 @@ def loop_recipe(path: str | Path) -> LoopRecipe:
         if target not in names[:-1]:
             raise ConfigError(f"{path}: recipe step '{step.name}': model {model.name} has no "
                               f"target {target!r} (it has {', '.join(names[:-1])})")
-        steps.append(LoopStep(name=step.name, target=target, model=str(model)))
+        steps.append(LoopStep(name=step.name, target=target, model=str(model),
+                              adapt=step.adapt))
     return LoopRecipe(path=str(path), name=spec.name, steps=steps, rest=spec.rest)

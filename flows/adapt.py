@@ -176,15 +176,18 @@ def adapt_steps(recording: str, rate: int, chain: LoopRecipe, reference: str | N
     for step in chain.steps:
         begun = time.monotonic()
         folder = run_dir / "steps" / step.name
-        step_config = config.model_copy(update={
-            "loop": config.loop.model_copy(update={"target": step.target})})
-        log.info("recipe step %s: adapting %s", step.name, Path(step.model).name)
+        loop = {"target": step.target, **({} if step.adapt else {"max_iterations": 0})}
+        step_config = config.model_copy(update={"loop": config.loop.model_copy(update=loop)})
+        log.info("recipe step %s: %s %s", step.name,
+                 "adapting" if step.adapt else "separating with (not adapted)",
+                 Path(step.model).name)
         with tracker.run(f"step-{step.name}", {"model": step.model, "loop.target": step.target},
                          parent=parent, resume=f"step-{step.name}") as child, \
                 progress.scope(step.name):
             history, stems, stopped = _iterate(source, rate, (step.model, step.model),
                                                reference, step_config, folder, library,
                                                matched, tracker, child, timed)
+            stopped = stopped if step.adapt else "not_adapted"
             with timed("deliver"):
                 report = deliver(folder, history, stems, stopped, source, file_digest(source),
                                  child, begun, step_config)

@@ -12,7 +12,8 @@ from typing import Any
 from stemloop.names import QUALITY, truth_si_sdr
 
 STOPS = {"max_iterations": "the iteration limit (loop.max_iterations) was reached",
-         "no_improvement": "the quality estimate stopped improving (loop.patience)"}
+         "no_improvement": "the quality estimate stopped improving (loop.patience)",
+         "not_adapted": "the recipe does not adapt this step (adapt: false)"}
 
 
 def rows(report: dict[str, Any], target: str = "dialogue") -> list[tuple[str, str]]:
@@ -65,12 +66,21 @@ def disagreement(first: dict[str, float], chosen: dict[str, float], truth: str,
 
 def _step(step: dict[str, Any], target: str) -> str:
     history, best = step["iterations"], step["best_iteration"]
+    if step.get("stopped") == "not_adapted":
+        text = f"{target}: not adapted (the shipped model), estimate {_value(history[0])}"
+        truth = truth_si_sdr(target)
+        return text + (f", true SI-SDR {history[0][truth]:.2f} dB" if truth in history[0]
+                       else "")
     text = (f"{target}: iteration {best} of {len(history) - 1}, estimate "
             + _change(history[0].get(QUALITY), history[best].get(QUALITY), ""))
     truth = truth_si_sdr(target)
     if truth in history[best]:
         text += ", true SI-SDR " + _change(history[0][truth], history[best][truth], " dB")
     return text
+
+
+def _value(metrics: dict[str, float]) -> str:
+    return f"{metrics[QUALITY]:.2f}" if QUALITY in metrics else "-"
 
 
 def _change(before: float | None, after: float | None, unit: str) -> str:

@@ -279,7 +279,9 @@ def test_adapt_with_a_recipe_adapts_every_step_on_what_the_previous_left(
     noise_model = save_checkpoint(tmp_path / "noise.pt", build_model(config, RATE))
     recipe = tmp_path / "two.yaml"
     recipe.write_text(f"name: two\nsteps:\n  - {{name: dialogue, models: [{dialogue_model}]}}\n"
-                      f"  - {{name: hum, models: [{noise_model}]}}\nrest: other\n")
+                      f"  - {{name: hum, models: [{noise_model}]}}\n"
+                      f"  - {{name: hiss, models: [{noise_model}], adapt: false}}\n"
+                      "rest: other\n")
     before = source.read_bytes()
     argv = ["adapt", str(source), "--config", "smoke", "--recipe", str(recipe),
             "--reference", str(truth), "--set", f"mixbus.library_dir={tiny_library}",
@@ -287,19 +289,26 @@ def test_adapt_with_a_recipe_adapts_every_step_on_what_the_previous_left(
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "hum" in printed and "other" in printed
+    assert re.search(r"step hiss +noise: not adapted \(the shipped model\)", printed)
     assert source.read_bytes() == before
     run_dir = next((state_dir() / "runs").glob("scene-*/run-*"))
     report = json.loads((run_dir / "report.json").read_text())
-    assert list(report["final"]) == ["dialogue", "hum", "other"]
+    assert list(report["final"]) == ["dialogue", "hum", "hiss", "other"]
     mixture, rate = sf.read(source, dtype="float32")
     stems = {n: sf.read(p, dtype="float32")[0] for n, p in report["final"].items()}
     assert all(s.shape == mixture.shape for s in stems.values())
     assert np.abs(sum(stems.values()) - mixture).max() < 1e-5
     steps = report["steps"]
-    assert list(steps) == ["dialogue", "hum"]
-    for name, step in steps.items():
-        assert len(step["iterations"]) == 2  # iteration 0 + one adaptation
+    assert list(steps) == ["dialogue", "hum", "hiss"]
+    for name in ("dialogue", "hum"):
+        assert len(steps[name]["iterations"]) == 2  # iteration 0 + one adaptation
         assert (run_dir / "steps" / name / "iter-001" / "model" / "model-16000.pt").is_file()
+    # `adapt: false`: iteration 0 only, delivered as it is, nothing fine-tuned
+    assert (len(steps["hiss"]["iterations"]), steps["hiss"]["stopped"]) == (1, "not_adapted")
+    assert not (run_dir / "steps" / "hiss" / "iter-001").exists()
+    hiss_input = json.loads((run_dir / "steps" / "hiss" / "iter-000" / "stems" /
+                             "separation.json").read_text())
+    assert hiss_input["input"] == steps["hum"]["final"]["rest"]
     # the hum step separated what the dialogue step delivered as its complement
     hum_input = json.loads((run_dir / "steps" / "hum" / "iter-000" / "stems" /
                             "separation.json").read_text())
