@@ -12,7 +12,7 @@ and recordings per hour per worker.
         servers on it, N process workers with --limit 1): all runs triggered at once; per
         run trigger-to-first-task, completions, runs started more than once (none allowed),
         peak RSS of the Prefect server, MLflow server and PostgreSQL trees, recordings/hour
-    python bench/bench_ops.py three-minute [--out DIR] [--set KEY=VALUE ...]
+    python bench/bench_ops.py three-minute [--out DIR] [--recipe R] [--set KEY=VALUE ...]
         concatenates the demo set (bench/demo_set.py) to a 3-minute 16 kHz recording and
         times one default `stemloop adapt` on it (one worker's throughput)
     python bench/bench_ops.py batch [--names cafe-fr radio-talk-en] [--set KEY=VALUE ...]
@@ -258,6 +258,7 @@ def three_minute(args: argparse.Namespace) -> dict:
     sf.write(recording, audio, 16000, subtype="PCM_24")
     env = {**os.environ, "STEMLOOP_HOME": str(folder / "state"), "OMP_NUM_THREADS": "1"}
     command = [*STEMLOOP, "adapt", str(recording),
+               *(["--recipe", args.recipe] if args.recipe else []),
                *[a for s in args.overrides for a in ("--set", s)]]
     if args.profile:  # py-spy over the whole tree, 20 samples a second: folded stacks
         command = ["py-spy", "record", "-s", "-r", "20", "-f", "raw", "-o", args.profile,
@@ -281,6 +282,9 @@ def three_minute(args: argparse.Namespace) -> dict:
     return {"command": " ".join(command), "exit": proc.returncode, "wall_s": round(wall, 1),
             "audio_s": 180.0, "iterations": len(details.get("iterations", [])),
             "stopped": details.get("stopped"), "stages_s": details.get("stages_s"),
+            "steps": {name: {"iterations": len(step["iterations"]),
+                             "delivered": step["best_iteration"], "stopped": step["stopped"]}
+                      for name, step in details.get("steps", {}).items()},
             "recordings_per_hour_per_worker": round(3600 / wall, 2),
             # the largest waited-for child process (the adapt process itself; Linux: KiB)
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
@@ -364,6 +368,7 @@ def main() -> None:
     cmd.add_argument("--workers", type=int, default=2)
     cmd = sub.add_parser("three-minute")
     cmd.add_argument("--out", default=str(OUT / "ops-three-minute"))
+    cmd.add_argument("--recipe", help="adapt with this recipe (e.g. archive: four stems)")
     cmd.add_argument("--set", dest="overrides", action="append", default=[])
     cmd.add_argument("--profile", metavar="RAW", help="also record a py-spy profile (folded "
                                                       "stacks) of the whole process tree")
