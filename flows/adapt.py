@@ -32,7 +32,7 @@ from stemloop.adapt.apply import on_grid, output_settings
 from stemloop.adapt.plots import curves_png, iterations_png, spectrogram_png
 from stemloop.adapt.pretrained import BAND_EDGE_HZ
 from stemloop.adapt.quality import delivered_iteration, should_stop
-from stemloop.adapt.recipe import LoopRecipe, loop_recipe, recipe_file
+from stemloop.adapt.recipe import LoopRecipe, LoopStep, loop_recipe, recipe_file
 from stemloop.adapt.separate import input_stats
 from stemloop.config import Config, guidance_overrides, load_config, result_train
 from stemloop.datasets.audio import energy_above_db, probe, read_audio, write_audio
@@ -170,14 +170,15 @@ def adapt_steps(recording: str, rate: int, chain: LoopRecipe, reference: str | N
     best iteration into ``steps/<name>/`` (a two-stem run folder of its own, with its own
     report.json and MLflow run). The recipe's stems are the steps' delivered targets and
     the recording minus all of them (``rest``), so they sum to the recording. Each
-    step's metrics also go to the recipe's MLflow run as ``<step>/<metric>``."""
+    step's metrics also go to the recipe's MLflow run as ``<step>/<metric>``. A restorer's
+    "clean here" / "no target here" marks steer the first step only (they name its target);
+    included and excluded regions apply to every step."""
     log = get_run_logger()
     source, reports = recording, {}
-    for step in chain.steps:
+    for n, step in enumerate(chain.steps):
         begun = time.monotonic()
         folder = run_dir / "steps" / step.name
-        loop = {"target": step.target, **({} if step.adapt else {"max_iterations": 0})}
-        step_config = config.model_copy(update={"loop": config.loop.model_copy(update=loop)})
+        step_config = recipe_step_config(config, step, first=n == 0)
         log.info("recipe step %s: %s %s", step.name,
                  "adapting" if step.adapt else "separating with (not adapted)",
                  Path(step.model).name)
@@ -204,6 +205,19 @@ def adapt_steps(recording: str, rate: int, chain: LoopRecipe, reference: str | N
                              ("run_dir", "best_iteration", "stopped", "iterations", "final")}
                       for name, report in reports.items()},
             "target": {step.name: step.target for step in chain.steps}}
+
+
+def recipe_step_config(config: Config, step: LoopStep, first: bool) -> Config:
+    """The loop's config for one recipe step: its target; no fine-tuning with ``adapt:
+    false``; a restorer's "clean here" / "no target here" marks only on the first step
+    (they name its target), included and excluded regions on every step."""
+    loop: dict[str, Any] = {"target": step.target}
+    if not step.adapt:
+        loop["max_iterations"] = 0
+    if not first:
+        loop["guidance"] = config.loop.guidance.model_copy(update={"target": [],
+                                                                   "complement": []})
+    return config.model_copy(update={"loop": config.loop.model_copy(update=loop)})
 
 
 def _recipe_stems(recording: str, chain: LoopRecipe, reports: dict[str, dict[str, Any]],

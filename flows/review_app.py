@@ -24,7 +24,6 @@ from typing import Any
 import jinja2
 import yaml
 
-from stemloop.errors import UserError
 from stemloop.files import write_text_atomic
 from stemloop.flows.review import _flac_preview, iteration_stems, load_report
 from stemloop.flows.summary import STOPS, disagreement
@@ -54,8 +53,7 @@ def page_data(run_dir: Path) -> dict[str, Any]:
     """Everything the page shows, as plain data (also embedded in it as JSON)."""
     report = load_report(run_dir)
     if "steps" in report:
-        raise UserError(f"{run_dir}: a recipe's run; review one of its steps' run folders "
-                        f"({', '.join(s['run_dir'] for s in report['steps'].values())})")
+        return _recipe_data(run_dir, report)
     history, best = report["iterations"], report["best_iteration"]
     target = next(iter(report["final"]))
     truth = truth_si_sdr(target)
@@ -74,10 +72,58 @@ def page_data(run_dir: Path) -> dict[str, Any]:
             "decision": decision(history, best, report["stopped"]),
             "warning": disagreement(history[0], history[best], truth),
             "headline": rows, "details": details, "sources": _sources(run_dir, report),
-            "spectrograms": _spectrograms(run_dir, len(history), target),
-            "steered": [{"kind": kind, "start": a, "end": b}
-                        for kind in ("include", *KINDS)
-                        for a, b in (report.get("guidance") or {}).get(kind, [])],
+            "spectrograms": _curves(run_dir, "") + _spectrograms(run_dir, range(len(history)),
+                                                                target),
+            "steered": _steered(report), "guidance_file": str(run_dir / GUIDANCE)}
+
+
+def _steered(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"kind": kind, "start": a, "end": b} for kind in ("include", *KINDS)
+            for a, b in (report.get("guidance") or {}).get(kind, [])]
+
+
+def _recipe_data(run_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """A recipe's run (``adapt --recipe``): one row of figures per step (its estimate and,
+    with a reference, its truth, at iteration 0 and delivered), the recipe's stems and every
+    step's iterations of its own stem to play, each step's curves and spectrograms. Marks
+    steer the first step (its target), as ``adapt --recipe --guidance`` uses them."""
+    steps, sources, images, details, warnings = [], [], [], [], []
+    sources.append({"label": "recording", "group": "input", "path": report["recording"]})
+    sources += [{"label": f"delivered: {name}", "group": "delivered", "path": path}
+                for name, path in report["final"].items()]
+    for name, step in report["steps"].items():
+        target, folder = report["target"][name], Path(step["run_dir"])
+        history, best = step["iterations"], step["best_iteration"]
+        truth = truth_si_sdr(target)
+        adapted = step["stopped"] != "not_adapted"
+        steps.append({
+            "name": name, "target": target, "delivered": best, "adapted": adapted,
+            "fine_tuned": len(history) - 1, "stopped": STOPS.get(step["stopped"], step["stopped"]),
+            "estimate": [_round(history[0].get(QUALITY)), _round(history[best].get(QUALITY))],
+            "truth": ([_round(history[0][truth]), _round(history[best][truth])]
+                      if truth in history[best] and truth in history[0] else None)})
+        if warning := disagreement(history[0], history[best], truth):
+            warnings.append(f"step {name}: {warning}")
+        for k in range(len(history)):
+            if path := iteration_stems(folder, k).get(target):
+                sources.append({"label": f"{name} {k}" + (" (delivered)" if k == best else ""),
+                                "group": f"step {name}", "path": path})
+        images += _curves(folder, f"step {name}: ") + _spectrograms(
+            folder, dict.fromkeys([0, best]), target, f"step {name}, ")
+        details += [{"key": f"{name}/{key}", "values": [_round(it.get(key)) for it in history]}
+                    for key in sorted({k for it in history for k in it})]
+    first = steps[0]["target"]
+    recipe = Path(report["recipe"]).stem
+    decision = (f"{len(report['final'])} stems from the recipe '{recipe}': each step took "
+                "its stem out of what the steps before it left and delivered the iteration "
+                "with its highest quality estimate (unless its own-voice check vetoed it); "
+                f"'{list(report['final'])[-1]}' is what no step took. The stems sum to the "
+                "recording.")
+    return {"recording": report["recording"], "name": Path(report["recording"]).name,
+            "run": run_dir.name, "run_dir": str(run_dir), "target": first, "recipe": recipe,
+            "steps": steps, "delivered": None, "iterations": 0, "decision": decision,
+            "warning": "; ".join(warnings) or None, "headline": [], "details": details,
+            "sources": sources, "spectrograms": images, "steered": _steered(report),
             "guidance_file": str(run_dir / GUIDANCE)}
 
 
@@ -119,9 +165,17 @@ def _sources(run_dir: Path, report: dict[str, Any]) -> list[dict[str, str]]:
     return found
 
 
-def _spectrograms(run_dir: Path, count: int, target: str) -> list[dict[str, str]]:
-    return [{"label": f"iteration {k}: {target}", "path": str(png)} for k in range(count)
+def _spectrograms(run_dir: Path, iterations, target: str, prefix: str = ""
+                  ) -> list[dict[str, str]]:
+    return [{"label": f"{prefix}iteration {k}: {target}", "path": str(png)} for k in iterations
             if (png := run_dir / f"iter-{k:03d}" / "spectrograms" / f"{target}.png").is_file()]
+
+
+def _curves(run_dir: Path, prefix: str) -> list[dict[str, str]]:
+    """The loop's metric curves across iterations (``deliver`` draws them)."""
+    png = run_dir / "curves.png"
+    return [{"label": f"{prefix}the figures across iterations", "path": str(png)}] \
+        if png.is_file() else []
 
 
 def render(run_dir: Path, served: bool, seconds: float = 60.0) -> str:

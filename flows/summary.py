@@ -25,8 +25,7 @@ def rows(report: dict[str, Any], target: str = "dialogue") -> list[tuple[str, st
         lines = _figures(report, target)
     lines += [(f"stem {name}", path) for name, path in report["final"].items()]
     lines.append(("time", f"{report['wall_s']:.0f} s"))
-    lines.append(("next", f"stemloop review {report['run_dir']}" if "steps" not in report
-                  else f"stemloop report {report['run_dir']}"))
+    lines.append(("next", f"stemloop review {report['run_dir']}"))
     return lines
 
 

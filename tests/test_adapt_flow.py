@@ -269,7 +269,8 @@ def test_adapt_with_a_recipe_adapts_every_step_on_what_the_previous_left(
 
     from stemloop.datasets.mixbus_yaml import load_schema
     from stemloop.flows.cli.main import main
-    from stemloop.flows.review import report_html, runs_table
+    from stemloop.flows.review import runs_table
+    from stemloop.flows.review_app import page_data, render
     from stemloop.tasks.state import state_dir, tracking_uri
 
     source, truth, dialogue_model = recording
@@ -327,9 +328,45 @@ def test_adapt_with_a_recipe_adapts_every_step_on_what_the_previous_left(
     table = runs_table(client, "stemloop")
     row = table[table.run_id == parent.info.run_id].iloc[0]
     assert "hum" in row["stems"] and "dialogue" in row["stems"]
-    page = report_html(run_dir)
-    assert page.count("<audio") >= 4 and "Step hum: delivered iteration" in page
+    # the review page of a recipe's run: a row of figures per step, the four stems and
+    # every step's iterations of its own stem to play, each step's curves and spectrograms
+    data = page_data(run_dir)
+    assert [(s["name"], s["adapted"], s["fine_tuned"]) for s in data["steps"]] == [
+        ("dialogue", True, 1), ("hum", True, 1), ("hiss", False, 0)]
+    assert data["steps"][0]["truth"] is not None and data["steps"][1]["truth"] is None
+    labels = [source["label"] for source in data["sources"]]
+    assert labels[:5] == ["recording", "delivered: dialogue", "delivered: hum",
+                          "delivered: hiss", "delivered: other"]
+    assert {"dialogue 0", "hum 0", "hiss 0 (delivered)"} <= set(labels) and len(labels) == 10
+    assert sum("curves" in Path(i["path"]).name for i in data["spectrograms"]) == 3
+    page = render(run_dir, served=False, seconds=1.0)
+    assert page.count('class="source"') == 10 and 'id="steps"' in page
+    assert "not adapted (shipped model)" in page and "marks steer the recipe's first step" in page
     capsys.readouterr()
     assert main(["runs"]) == 0
     listed = capsys.readouterr().out
     assert "(recipe):" in listed and "  hum: iteration" in listed and "true" in listed
+
+
+def test_a_recipe_step_config_targets_its_stem_and_marks_steer_the_first_step_only():
+    """Each step's loop extracts its own stem; `adapt: false` stops after iteration 0; a
+    restorer's "dialogue clean here" / "no dialogue here" marks name the first step's
+    target, so later steps drop them, while leaks stay excluded from every step."""
+    from stemloop.adapt.recipe import LoopStep
+    from stemloop.flows.adapt import recipe_step_config
+
+    config = load_config(overrides=["loop.guidance.target=[[1.0, 2.0]]",
+                                    "loop.guidance.complement=[[3.0, 4.0]]",
+                                    "loop.guidance.exclude=[[5.0, 6.0]]"])
+    first = recipe_step_config(config, LoopStep(name="dialogue", target="dialogue",
+                                                model="d.pt"), first=True)
+    later = recipe_step_config(config, LoopStep(name="noise", target="noise", model="n.pt",
+                                                adapt=False), first=False)
+    assert (first.loop.target, later.loop.target) == ("dialogue", "noise")
+    assert first.loop.guidance.target == [(1.0, 2.0)]
+    assert first.loop.guidance.complement == [(3.0, 4.0)]
+    assert later.loop.guidance.target == [] and later.loop.guidance.complement == []
+    assert first.loop.guidance.exclude == later.loop.guidance.exclude == [(5.0, 6.0)]
+    assert first.loop.max_iterations == config.loop.max_iterations > 0
+    assert later.loop.max_iterations == 0
+    assert config.loop.target == "dialogue"  # the run's config is left as it was

@@ -66,10 +66,11 @@ def add_ops_commands(sub: argparse._SubParsersAction,
 
     cmd = sub.add_parser(
         "report", help="write one run's review page (HTML) and log it to MLflow",
-        description="A self-contained HTML page for a finished run: metric curves, "
-                    "spectrograms before (iteration 0) and after (delivered), and audio "
-                    "players for the recording and its final stems. Logged as report.html "
-                    "to the run's MLflow parent run.")
+        description="The review page of a finished run (what `stemloop review` serves) as "
+                    "one self-contained HTML file: the deciding figures, A/B playback of "
+                    "the recording, every iteration's stems and what each removed, curves "
+                    "and spectrograms (a recipe's run: per step). Logged as report.html to "
+                    "the run's MLflow parent run.")
     _page_args(cmd, "page to write (default: RUN/report.html, rewritten each time); an "
                     "existing FILE is replaced only with --force", 30.0,
                "seconds of each stem to embed (default 30)")
@@ -252,7 +253,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     given = new_file(args.out, args.force, "--out")
     config, state = _setup(args)
-    from stemloop.flows.review import load_report, report_html
+    from stemloop.flows.review import load_report
+    from stemloop.flows.review_app import render
     from stemloop.tasks.tracking import Tracker
 
     if args.seconds <= 0:
@@ -261,7 +263,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dir = _run_folder(args.run, tracker)
     report = load_report(run_dir)
     page = given or run_dir / "report.html"
-    write_new_file(page, report_html(run_dir, args.seconds), "--out")
+    write_new_file(page, render(run_dir, served=False, seconds=args.seconds), "--out")
     run_id = report.get("mlflow_run_id")
     if run_id and tracker.enabled:
         tracker.artifact(run_id, page)
