@@ -232,6 +232,9 @@ def _recipe_stems(recording: str, chain: LoopRecipe, reports: dict[str, dict[str
                                    probe(recording))
     audio = on_grid(torch.stack(list(stems.values())), mixture, subtype)
     final.mkdir(parents=True, exist_ok=True)
+    for name, stem in zip(stems, audio, strict=True):  # for the review page
+        spectrogram_png(stem, rate, final.parent / "spectrograms" / f"{name}.png",
+                        f"delivered: {name}")
     return {name: str(write_audio(final / f"{name}.{fmt}", stem, rate, subtype))
             for name, stem in zip(stems, audio, strict=True)}
 

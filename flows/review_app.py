@@ -91,6 +91,8 @@ def _recipe_data(run_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
     sources.append({"label": "recording", "group": "input", "path": report["recording"]})
     sources += [{"label": f"delivered: {name}", "group": "delivered", "path": path}
                 for name, path in report["final"].items()]
+    images += [{"label": f"delivered: {name}", "path": str(png)} for name in report["final"]
+               if (png := run_dir / "spectrograms" / f"{name}.png").is_file()]
     for name, step in report["steps"].items():
         target, folder = report["target"][name], Path(step["run_dir"])
         history, best = step["iterations"], step["best_iteration"]

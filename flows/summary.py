@@ -25,6 +25,7 @@ def rows(report: dict[str, Any], target: str = "dialogue") -> list[tuple[str, st
         lines = _figures(report, target)
     lines += [(f"stem {name}", path) for name, path in report["final"].items()]
     lines.append(("time", f"{report['wall_s']:.0f} s"))
+    lines.append(("report", str(Path(report["run_dir"]) / "report.json")))
     lines.append(("next", f"stemloop review {report['run_dir']}"))
     return lines
 

@@ -133,6 +133,7 @@ def _prefect_names_and_summary(report: dict) -> None:
     summary = next(a for a in artifacts if a.key == "adapt-scene")
     assert summary.type == "markdown" and "true dialogue SI-SDR" in summary.data
     assert f"stemloop review {report['run_dir']}" in summary.data
+    assert str(Path(report["run_dir"]) / "report.json") in summary.data
 
 
 def _final(state: Path) -> dict[str, np.ndarray]:
@@ -339,6 +340,8 @@ def test_adapt_with_a_recipe_adapts_every_step_on_what_the_previous_left(
                           "delivered: hiss", "delivered: other"]
     assert {"dialogue 0", "hum 0", "hiss 0 (delivered)"} <= set(labels) and len(labels) == 10
     assert sum("curves" in Path(i["path"]).name for i in data["spectrograms"]) == 3
+    assert [i["label"] for i in data["spectrograms"][:4]] == [
+        "delivered: dialogue", "delivered: hum", "delivered: hiss", "delivered: other"]
     page = render(run_dir, served=False, seconds=1.0)
     assert page.count('class="source"') == 10 and 'id="steps"' in page
     assert "not adapted (shipped model)" in page and "marks steer the recipe's first step" in page
