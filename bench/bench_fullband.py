@@ -10,6 +10,14 @@ when all of it is in the dialogue). Also the truth's and the mixture's energy ab
     python bench/bench_fullband.py --demo bench/out/fullband-set \\
         --models models/general-dialogue-v4/model-44100.pt [more checkpoints] \\
         --out bench/out/fullband.json [--set separate.precision=float32]
+
+With ``--adapt`` the loop runs on each mixture instead (`adapt-recording`, the truth as its
+reference, ``--set`` overrides, e.g. a library with full-band voices): every iteration's
+dialogue is scored the same way, with the model it separated with (a widened model's
+file is named at the recording's rate), and the run's wall time.
+
+    STEMLOOP_HOME=/tmp/fb python bench/bench_fullband.py --adapt \\
+        --set mixbus.library_dir=/path/to/full-band-library --out bench/out/fullband-loop.json
 """
 
 from __future__ import annotations
@@ -53,7 +61,12 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="config override, e.g. "
                                                   "separate.precision=float32 (repeatable)")
+    parser.add_argument("--adapt", action="store_true",
+                        help="run the loop on each mixture and score its iterations")
+    parser.add_argument("--run", default="bench-fullband", help="with --adapt: run name")
     args = parser.parse_args()
+    if args.adapt:
+        return adapt(args)
     torch.set_num_threads(1)
     rows = []
     for folder in sorted(p for p in args.demo.iterdir() if (p / "mixture.flac").exists()):
@@ -80,6 +93,57 @@ def main() -> None:
     args.out.write_text(json.dumps({"set": str(args.demo), "overrides": args.overrides,
                                     "rows": rows, "mean": mean},
                                    indent=1))
+
+
+def adapt(args: argparse.Namespace) -> None:
+    """The loop on every mixture: each iteration's dialogue SI-SDR and band share."""
+    import time
+
+    from stemloop.flows.review import iteration_stems
+    from stemloop.tasks.state import state_dir, use_state_dir
+
+    use_state_dir(state_dir())
+    from stemloop.flows.adapt import adapt_recording
+
+    rows = []
+    for folder in sorted(p for p in args.demo.iterdir() if (p / "mixture.flac").exists()):
+        mix, rate = sf.read(folder / "mixture.flac", dtype="float32", always_2d=True)
+        mixture = torch.from_numpy(mix.T[:1].copy())
+        truth = torch.from_numpy(sf.read(folder / "truth" / "dialogue.flac", dtype="float32",
+                                         always_2d=True)[0].T[:1].copy())
+        began = time.monotonic()
+        report = adapt_recording(str(folder / "mixture.flac"), None, args.overrides,
+                                 str(folder / "truth"), args.run)
+        run_dir = Path(report["run_dir"])
+        iterations = []
+        for k in range(len(report["iterations"])):
+            path = iteration_stems(run_dir, k)["dialogue"]
+            record = json.loads((Path(path).parent / "separation.json").read_text())
+            stem = torch.from_numpy(sf.read(path, dtype="float32", always_2d=True)[0].T[:1]
+                                    .copy())
+            iterations.append({**score(stem, truth, mixture),
+                               "high_share": round(high_share(stem, truth, rate), 3),
+                               "model": Path(record.get("model", "?")).name,
+                               "estimate": round(report["iterations"][k]["quality/estimate"],
+                                                 2)})
+        row = {"mixture": folder.name, "rate": rate, "wall_s": round(time.monotonic() - began, 1),
+               "delivered": report["best_iteration"], "iterations": iterations,
+               "stages_s": report.get("stages_s")}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        mean = {f"{part} {key}": _mean(rows, k, key) for part, k in (("first", 0),
+                                                                      ("delivered", None))
+                for key in ("si_sdr", "high_share")}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"set": str(args.demo), "overrides": args.overrides,
+                                        "rows": rows, "mean": mean}, indent=1))
+    print(json.dumps(mean))
+
+
+def _mean(rows: list[dict], k: int | None, key: str) -> float:
+    """The mean over mixtures of iteration ``k``'s (None: the delivered one's) ``key``."""
+    return round(float(np.mean([r["iterations"][r["delivered"] if k is None else k][key]
+                                for r in rows])), 3)
 
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ def cull_iteration(target: torch.Tensor, complement: torch.Tensor, rate: int, co
             cull(stem, rate, config.cull, iteration), rate, list(guide.include),
             list(guide.exclude) + other)
         if name == "complement" and not only_free:
-            found = where_target_absent(found, target, rate, config, iteration)
+            found = continuous_or_absent(found, target, rate, config, iteration)
         if name == "complement" and speech_free is not None:
             found = union(found, apply_guidance(speech_free, rate, list(guide.include),
                                                 list(guide.exclude) + other))
@@ -190,6 +190,22 @@ def chop(segments: list[Segment], length: int) -> list[Segment]:
             cuts.pop(-2)
         pieces += [Segment(a, b, s.level_db) for a, b in zip(cuts, cuts[1:], strict=False)]
     return pieces
+
+
+def continuous_or_absent(found: list[Segment], target: torch.Tensor, rate: int,
+                         config: Config, iteration: int) -> list[Segment]:
+    """Complement segments where the target is absent (``where_target_absent``); for a
+    target that may never pause (``cull.continuous_targets``: a music bed, steady noise),
+    when that leaves under ``cull.continuous_min_s``, the complement's own confident
+    segments instead (RemixIT: the teacher's estimate of the rest, remixed under other
+    stretches of the target). Without them the step trains with library material as its
+    only complement and learns to take the recording's own noise into its target."""
+    absent = where_target_absent(found, target, rate, config, iteration)
+    seconds = sum(s.stop - s.start for s in absent) / rate
+    if config.loop.target in config.cull.continuous_targets and \
+            seconds < config.cull.continuous_min_s:
+        return found
+    return absent
 
 
 def where_target_absent(found: list[Segment], target: torch.Tensor, rate: int,

@@ -74,6 +74,8 @@ class CullConfig(Section):
     min_duration_s: float = Field(ge=0.0, le=60.0)
     bridge_s: float = Field(ge=0.0, le=10.0)
     absent_margin_db: float = Field(default=6.0, ge=0.0, le=60.0)
+    continuous_targets: list[str] = []  # targets that may never pause (music beds, noise)
+    continuous_min_s: float = Field(default=2.0, ge=0.0, le=600.0)
     background: Literal["crude", "speech_free", "both"] = "crude"
     vad_threshold: float = Field(default=0.1, gt=0.0, le=1.0)
     vad_margin_s: float = Field(default=0.2, ge=0.0, le=5.0)

@@ -119,3 +119,28 @@ def test_a_restorers_marks_become_material_and_are_kept_apart():
     assert seconds(after["complement"], 4.0, 4.6) == 0  # a clean-target mark is no background
     levels = [s.level_db for s in marked(target, RATE, [(4.0, 4.6), (9.0, 9.5)])]
     assert len(levels) == 1 and -40 < levels[0] < -20  # 0.02 against 0.5: about -28 dB
+
+
+def test_a_target_that_never_pauses_takes_the_complements_own_stretches():
+    """A music bed under the whole recording: where the target is absent there is no
+    complement at all; for a continuous target (`cull.continuous_targets`) the complement
+    stem's own confident stretches become the background, for dialogue they do not (its
+    complement during speech carries leaked dialogue)."""
+    from stemloop.datasets.cull import cull_iteration
+
+    target = bursts([(0.0, 6.0, 0.3)])  # never pauses
+    complement = bursts([(0.5, 2.0, 0.05), (3.0, 5.5, 0.05)])
+
+    def complement_seconds(cfg):
+        return sum(s.stop - s.start for s in cull_iteration(target, complement, RATE, cfg,
+                                                              0)["complement"]) / RATE
+
+    assert complement_seconds(load_config()) == 0.0  # dialogue: none, as before
+    music = load_config(overrides=["loop.target=music"])
+    assert complement_seconds(music) == pytest.approx(4.0, abs=0.15)
+    off = load_config(overrides=["loop.target=music", "cull.continuous_targets=[]"])
+    assert complement_seconds(off) == 0.0
+    # a music bed that pauses long enough keeps the rule: background only where it is absent
+    pausing = bursts([(0.0, 3.0, 0.3)])
+    found = cull_iteration(pausing, complement, RATE, music, 0)["complement"]
+    assert all(s.start >= 3.0 * RATE for s in found) and found
