@@ -51,6 +51,16 @@ def high_share(stem: torch.Tensor, truth: torch.Tensor, rate: int) -> float:
     return float((s * t).sum() / (t * t).sum().clamp(min=1e-20))
 
 
+def mixtures(demo: Path):
+    """Each mixture folder of ``demo``: the folder, its rate, and the mixture's and the true
+    dialogue's first channel as ``(1, time)`` tensors."""
+    for folder in sorted(p for p in demo.iterdir() if (p / "mixture.flac").exists()):
+        mix, rate = sf.read(folder / "mixture.flac", dtype="float32", always_2d=True)
+        truth = sf.read(folder / "truth" / "dialogue.flac", dtype="float32", always_2d=True)[0]
+        yield (folder, rate, torch.from_numpy(mix.T[:1].copy()),
+               torch.from_numpy(truth.T[:1].copy()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,11 +79,7 @@ def main() -> None:
         return adapt(args)
     torch.set_num_threads(1)
     rows = []
-    for folder in sorted(p for p in args.demo.iterdir() if (p / "mixture.flac").exists()):
-        mix, rate = sf.read(folder / "mixture.flac", dtype="float32", always_2d=True)
-        mixture = torch.from_numpy(mix.T[:1].copy())
-        truth = torch.from_numpy(sf.read(folder / "truth" / "dialogue.flac", dtype="float32",
-                                         always_2d=True)[0].T[:1].copy())
+    for folder, rate, mixture, truth in mixtures(args.demo):
         row = {"mixture": folder.name, "rate": rate,
                "truth_above_11k_db": round(energy_above_db(truth, rate, BAND[0]), 1),
                "mixture_above_11k_db": round(energy_above_db(mixture, rate, BAND[0]), 1),
@@ -106,11 +112,7 @@ def adapt(args: argparse.Namespace) -> None:
     from stemloop.flows.adapt import adapt_recording
 
     rows = []
-    for folder in sorted(p for p in args.demo.iterdir() if (p / "mixture.flac").exists()):
-        mix, rate = sf.read(folder / "mixture.flac", dtype="float32", always_2d=True)
-        mixture = torch.from_numpy(mix.T[:1].copy())
-        truth = torch.from_numpy(sf.read(folder / "truth" / "dialogue.flac", dtype="float32",
-                                         always_2d=True)[0].T[:1].copy())
+    for folder, rate, mixture, truth in mixtures(args.demo):
         began = time.monotonic()
         report = adapt_recording(str(folder / "mixture.flac"), None, args.overrides,
                                  str(folder / "truth"), args.run)

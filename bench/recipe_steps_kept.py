@@ -62,16 +62,14 @@ def main() -> None:
         stems[args.keep] = load(first[target])
         source = Path(next(p for n, p in first.items() if n != target))
         for name in names[k + 1:]:  # later steps as shipped, on what the kept step left
-            model = json.loads((Path(report["steps"][name]["run_dir"]) / "iter-000" / "stems"
-                                / "separation.json").read_text())["model"]
-            separated, _ = run(source, model=model)
+            record = json.loads((Path(report["steps"][name]["run_dir"]) / "iter-000" / "stems"
+                                 / "separation.json").read_text())
+            separated, _ = run(source, model=record["model"])
             target_of = report["target"][name]
-            stems[name] = separated[target_of][:1]
-            with_rest = [v for n, v in separated.items() if n != target_of]
+            stems[name] = separated.pop(target_of)[:1]
             source = Path(args.out.parent / f".kept-{folder.name}-{name}.wav")
-            sf.write(source, with_rest[0][0].numpy(), json.loads(
-                (Path(report["steps"][name]["run_dir"]) / "iter-000" / "stems"
-                 / "separation.json").read_text())["sample_rate"], subtype="FLOAT")
+            sf.write(source, next(iter(separated.values()))[0].numpy(), record["sample_rate"],
+                     subtype="FLOAT")
         delivered = {name: load(path) for name, path in report["final"].items()}
         row = {"mixture": folder.name, "kept": args.keep,
                "delivered": {s: score(delivered[s], truth[s], mixture) for s in STEMS},
