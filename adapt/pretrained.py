@@ -180,6 +180,13 @@ def widen(model: SpleeterSeparator) -> SpleeterSeparator:
     return wide.train(model.training)
 
 
+def holds_band(rate: int, high_band_db: float, min_high_band_db: float = -45.0) -> bool:
+    """Whether a recording at ``rate`` holds real content above a Spleeter-family model's
+    11 kHz: its band reaches above that edge and its energy there (``high_band_db``, over
+    its whole energy) is at least ``min_high_band_db`` (most archival material has none)."""
+    return rate / 2 > 1.1 * BAND_EDGE_HZ and high_band_db >= min_high_band_db
+
+
 def bandwidth(model: nn.Module) -> float:
     """The highest frequency (Hz) ``model`` separates: a Spleeter model's U-Nets see the bins
     below 11 kHz unless it has a band head; any other model, its Nyquist frequency."""

@@ -99,9 +99,9 @@ def default_model(rate: int) -> Path | None:
     """``separate``'s model when none is named: the full-band general model for a recording
     whose band can reach above the general model's 11 kHz (rate above 24.3 kHz), if shipped;
     else the general model's rung for ``rate``."""
-    from stemloop.adapt.pretrained import BAND_EDGE_HZ
+    from stemloop.adapt.pretrained import holds_band
 
-    full = shipped_model(rate, FULL_BAND_MODEL) if rate / 2 > 1.1 * BAND_EDGE_HZ else None
+    full = shipped_model(rate, FULL_BAND_MODEL) if holds_band(rate, 0.0) else None
     return full or shipped_model(rate)
 
 

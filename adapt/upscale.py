@@ -32,7 +32,13 @@ from stemloop.adapt.apply import AtRate
 from stemloop.adapt.checkpoint import load_checkpoint
 from stemloop.adapt.interface import SeparatorModel
 from stemloop.adapt.model import RATE_SPECIFIC, Separator, build_model
-from stemloop.adapt.pretrained import SpleeterSeparator, bandwidth, widen
+from stemloop.adapt.pretrained import (
+    BAND_EDGE_HZ,
+    SpleeterSeparator,
+    bandwidth,
+    holds_band,
+    widen,
+)
 from stemloop.adapt.train import Batches, OnMetrics, Run, train, validate
 from stemloop.config import SUPPORTED_RATES, TrainConfig, UpscaleConfig
 from stemloop.datasets.audio import energy_above_db
@@ -53,26 +59,23 @@ def can_upscale(model: SeparatorModel, rate: int, high_band_db: float = math.inf
                 min_high_band_db: float = -45.0) -> bool:
     """Whether the loop may grow ``model`` to a recording at ``rate``: our family when the
     rate is a supported one above the model's; a Spleeter model without a band head when the
-    recording's band reaches above the model's 11 kHz and holds real content there
-    (``high_band_db``, its energy above that edge over its whole energy, at least
-    ``min_high_band_db``: most archival material has none, and then nothing changes)."""
+    recording holds real content above its 11 kHz (``holds_band``)."""
     if model.UPSCALABLE:
         return rate > model.sample_rate and rate in SUPPORTED_RATES
-    edge = bandwidth(model)
-    return (isinstance(model, SpleeterSeparator) and edge < model.sample_rate / 2
-            and rate / 2 > 1.1 * edge and high_band_db >= min_high_band_db)
+    return (isinstance(model, SpleeterSeparator) and not model.config.full_band
+            and holds_band(rate, high_band_db, min_high_band_db))
 
 
 def reference_has_band(model: SeparatorModel, val: Validation, floor_db: float) -> bool:
-    """Whether the validation set that will judge an upscale (the matched reference) can show
-    what it buys: for a Spleeter model's band head, its true targets must hold content above
-    the model's band (``floor_db``, as ``can_upscale``). A library whose voices are all
+    """Whether the validation set that will judge a band head (the matched reference) can
+    show what it buys: for a Spleeter model, its true targets must hold content above the
+    U-Nets' 11 kHz (``floor_db``, as ``can_upscale``). A library whose voices are all
     band-limited (TTS at 16-22 kHz, telephone prompts) cannot: the head would learn to give
     the band to the complement and the test could not tell. Our family: always."""
     if model.UPSCALABLE or not val:
         return model.UPSCALABLE
     targets = torch.cat([sources[:, 0].reshape(-1) for _, sources in val])[None]
-    return energy_above_db(targets, model.sample_rate, bandwidth(model)) >= floor_db
+    return energy_above_db(targets, model.sample_rate, BAND_EDGE_HZ) >= floor_db
 
 
 def keeps_upscaled(report: dict[str, Any]) -> bool:

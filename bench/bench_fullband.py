@@ -18,6 +18,10 @@ file is named at the recording's rate), and the run's wall time.
 
     STEMLOOP_HOME=/tmp/fb python bench/bench_fullband.py --adapt \\
         --set mixbus.library_dir=/path/to/full-band-library --out bench/out/fullband-loop.json
+
+With ``--table`` it prints those results side by side (no run):
+
+    python bench/bench_fullband.py --table bench/out/fullband-loop-*.json
 """
 
 from __future__ import annotations
@@ -74,7 +78,11 @@ def main() -> None:
     parser.add_argument("--adapt", action="store_true",
                         help="run the loop on each mixture and score its iterations")
     parser.add_argument("--run", default="bench-fullband", help="with --adapt: run name")
+    parser.add_argument("--table", nargs="+", type=Path, metavar="LOOP.json",
+                        help="print the per-mixture table of these --adapt results, no run")
     args = parser.parse_args()
+    if args.table:
+        return print(table(args.table))
     if args.adapt:
         return adapt(args)
     torch.set_num_threads(1)
@@ -140,6 +148,32 @@ def adapt(args: argparse.Namespace) -> None:
         args.out.write_text(json.dumps({"set": str(args.demo), "overrides": args.overrides,
                                         "rows": rows, "mean": mean}, indent=1))
     print(json.dumps(mean))
+
+
+def table(paths: list[Path]) -> str:
+    """A markdown table of ``--adapt`` results: per mixture and file, iteration 0's and the
+    delivered iteration's dialogue SI-SDR and band share, the delivered iteration, the wall
+    time; then the means over the mixtures every file holds."""
+    runs = [{r["mixture"]: r for r in json.loads(p.read_text())["rows"]} for p in paths]
+    names = [n for n in runs[0] if all(n in found for found in runs)]
+    head = "| mixture | " + " | ".join(f"{p.stem}: SI-SDR, band share (delivered)"
+                                        for p in paths) + " |"
+    lines = [head, "|---" * (len(paths) + 1) + "|"]
+
+    def cell(row: dict) -> str:
+        first, kept = row["iterations"][0], row["iterations"][row["delivered"]]
+        return (f"{first['si_sdr']:.2f} → {kept['si_sdr']:.2f}, {first['high_share']:.3f} → "
+                f"{kept['high_share']:.3f} ({row['delivered']}, {row['wall_s']:.0f} s)")
+
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(cell(found[name]) for found in runs) + " |")
+    means = []
+    for found in runs:
+        rows = [found[n] for n in names]
+        means.append(" → ".join(f"{_mean(rows, k, 'si_sdr'):.2f}" for k in (0, None)) + ", "
+                     + " → ".join(f"{_mean(rows, k, 'high_share'):.3f}" for k in (0, None)))
+    lines.append(f"| **mean** ({len(names)}) | " + " | ".join(means) + " |")
+    return "\n".join(lines)
 
 
 def _mean(rows: list[dict], k: int | None, key: str) -> float:

@@ -370,9 +370,32 @@ def energy_above_db(audio: torch.Tensor, rate: int, edge_hz: float) -> float:
     real content above a model's band (archival transfers: none, below -60 dB)."""
     if rate / 2 <= edge_hz:
         return -math.inf
+    above, whole = _band_energy(audio, rate, edge_hz)
+    return _ratio_db(above, whole)
+
+
+def file_energy_above_db(path: str | Path, edge_hz: float, block_s: float = 60.0) -> float:
+    """``energy_above_db`` of a whole file, read a block at a time (an hour at 48 kHz in
+    memory would be 0.7 GB a channel, and its spectrogram more)."""
+    info = probe(path)
+    if info.sample_rate / 2 <= edge_hz:
+        return -math.inf
+    above = whole = 0.0
+    for block in iter_blocks(path, int(block_s * info.sample_rate)):
+        a, w = _band_energy(block, info.sample_rate, edge_hz)
+        above, whole = above + a, whole + w
+    return _ratio_db(above, whole)
+
+
+def _band_energy(audio: torch.Tensor, rate: int, edge_hz: float) -> tuple[float, float]:
     import torch
 
-    spec = torch.stft(audio.reshape(-1, audio.shape[-1]).float(), 4096, 1024,
+    audio = torch.nn.functional.pad(audio.reshape(-1, audio.shape[-1]).float(),
+                                    (0, max(0, 4096 - audio.shape[-1])))  # a short last block
+    spec = torch.stft(audio, 4096, 1024,
                       window=torch.hann_window(4096), return_complex=True).abs().pow(2)
-    above = spec[:, int(edge_hz / rate * 4096) + 1:].sum()
-    return float(10 * torch.log10(above / spec.sum().clamp(min=1e-20) + 1e-30))
+    return float(spec[:, int(edge_hz / rate * 4096) + 1:].sum()), float(spec.sum())
+
+
+def _ratio_db(above: float, whole: float) -> float:
+    return 10 * math.log10(above / max(whole, 1e-20) + 1e-30)

@@ -16,7 +16,6 @@ one nested run per iteration, ids passed explicitly. Call
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import time
 from collections.abc import Iterator
@@ -30,12 +29,11 @@ from prefect import flow, get_run_logger
 from stemloop import progress
 from stemloop.adapt.apply import on_grid, output_settings
 from stemloop.adapt.plots import curves_png, iterations_png, spectrogram_png
-from stemloop.adapt.pretrained import BAND_EDGE_HZ
 from stemloop.adapt.quality import delivered_iteration, should_stop
 from stemloop.adapt.recipe import LoopRecipe, LoopStep, loop_recipe, recipe_file
 from stemloop.adapt.separate import input_stats
 from stemloop.config import Config, guidance_overrides, load_config, result_train
-from stemloop.datasets.audio import energy_above_db, probe, read_audio, write_audio
+from stemloop.datasets.audio import probe, read_audio, write_audio
 from stemloop.files import copy_files, write_json
 from stemloop.flows import summary
 from stemloop.names import HOLDOUT, MATCHED_SI_SDR, PSEUDO_SI_SDR, QUALITY, truth_si_sdr
@@ -46,7 +44,13 @@ from stemloop.tasks.library import ensure_library
 from stemloop.tasks.match import match_schema
 from stemloop.tasks.score import score_iteration
 from stemloop.tasks.separate import separate_file
-from stemloop.tasks.state import check_run_name, run_lock, starting_models, state_dir
+from stemloop.tasks.state import (
+    band_above_db,
+    check_run_name,
+    run_lock,
+    starting_models,
+    state_dir,
+)
 from stemloop.tasks.tracking import Tracker, config_params
 
 
@@ -98,7 +102,7 @@ def adapt_recording(recording: str, config_path: str | None = None,
     info = input_stats(recording, config).info  # every sample finite, before heavy work
     digest = file_digest(recording)
     chain = loop_recipe(recipe_file(recipe)) if recipe else None
-    models = starting_models(config, info.sample_rate, chain)
+    models = starting_models(config, recording, info.sample_rate, chain)
     run_dir = run_folder(config, recording, digest, run_name, models)
     with run_lock(run_dir):  # one writer per run folder; a second run says so in one line
         report = _adapt(recording, config, info.sample_rate, digest, models, run_dir,
@@ -147,6 +151,7 @@ def _adapt(recording: str, config: Config, rate: int, digest: str, models: tuple
             with timed("deliver"):
                 report = deliver(run_dir, history, stems, stopped, recording, digest, parent,
                                  started, config)
+            report["start_model"] = models[1]  # iteration 0's: v4, or v4-fullband (a band)
         marks = config.loop.guidance.model_dump(include={"include", "exclude", "target",
                                                           "complement"})
         if any(marks.values()):  # which regions steered this run (the review page shows them)
@@ -247,15 +252,14 @@ def _iterate(recording: str, rate: int, models: tuple[str, str], reference: str 
     metrics and stems, and why it stopped."""
     log = get_run_logger()
     model_work, model_rec = models
-    high_band = (energy_above_db(read_audio(recording)[0], rate, BAND_EDGE_HZ)  # a band head?
-                 if rate / 2 > BAND_EDGE_HZ else -math.inf)
+    high_band = band_above_db(recording, rate)  # a band head?
     history: list[dict[str, float]] = []
     stems: list[dict[str, str]] = []
     for k in range(config.loop.max_iterations + 1):
         folder = run_dir / f"iter-{k:03d}"
         with tracker.run(f"iteration-{k}", {"model": model_rec}, parent=parent,
                          resume=f"iteration-{k}") as child:
-            log.info("iteration %d: separating with %s", k, Path(model_rec).name)
+            log.info("iteration %d: separating with %s", k, summary.model_label(model_rec))
             with progress.scope(f"iteration {k}"):
                 with timed("separate"):
                     record = separate_file(recording, str(folder / "stems"), model_rec, None,

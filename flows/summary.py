@@ -45,7 +45,16 @@ def _figures(report: dict[str, Any], target: str) -> list[tuple[str, str]]:
         if warning:
             lines.append(("warning", warning))
     lines.append(("stopped", STOPS.get(report["stopped"], report["stopped"])))
+    if "start_model" in report:
+        lines.append(("started from", model_label(report["start_model"])))
     return lines
+
+
+def model_label(path: str | Path) -> str:
+    """A checkpoint named by its folder: ``general-dialogue-v4-fullband/model-44100.pt``
+    (a shipped model) or ``iter-001/model/model-44100.pt`` (an iteration's)."""
+    p = Path(path)
+    return "/".join(p.parts[-3:] if p.parent.name == "model" else p.parts[-2:])
 
 
 def disagreement(first: dict[str, float], chosen: dict[str, float], truth: str,

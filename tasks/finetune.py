@@ -23,15 +23,17 @@ from prefect import get_run_logger
 
 from stemloop import datasets, heap
 from stemloop.adapt.checkpoint import load_checkpoint, save_checkpoint
+from stemloop.adapt.interface import SeparatorModel
 from stemloop.adapt.train import Run, train
 from stemloop.adapt.upscale import (
     FineTuned,
+    Validation,
     can_upscale,
     keeps_upscaled,
     reference_has_band,
     upscale,
 )
-from stemloop.config import Config
+from stemloop.config import Config, TrainConfig
 from stemloop.datasets.adaptset import holdout_pairs, reference_pairs
 from stemloop.datasets.batches import TrainingData
 from stemloop.tasks.caching import content_key
@@ -44,7 +46,7 @@ def _inputs(parameters: dict[str, Any]):
     settings = (config.train, config.upscale, config.loop, parameters["rate"],
                 parameters["folder"], parameters["high_band_db"])
     return ([parameters["model"], parameters["schema"], parameters["holdout"]],
-            (*CODE, datasets.adaptset, _fine_tune), settings)
+            (*CODE, datasets.adaptset, _fine_tune, head_kept), settings)
 
 
 @cached_task(name="fine-tune", cache_key_fn=content_key(_inputs))
@@ -76,12 +78,12 @@ def _fine_tune(model: str, schema: str, library: str | None, holdout: str, folde
                             or holdout_pairs(Path(holdout), r, config))
 
     batches, val = data_for(current.sample_rate)
+    floor = config.upscale.min_high_band_db
     logger = progress_logger(config, run_id, config.train.steps, "fine-tuning")
-    train(current, batches, val, config.train, Run(work / "train"), on_metrics=logger,
-          keep_start=True)
+    train(current, batches, val, head_kept(current, val, config, floor), Run(work / "train"),
+          on_metrics=logger, keep_start=True)
     working = save_checkpoint(work / f"model-{current.sample_rate}.pt", current)
     recording = working
-    floor = config.upscale.min_high_band_db
     grows = config.loop.upscale and can_upscale(current, rate, high_band_db, floor)
     if grows and not reference_has_band(current, val, floor):
         get_run_logger().info(
@@ -103,3 +105,17 @@ def _fine_tune(model: str, schema: str, library: str | None, holdout: str, folde
     for resume_only in work.glob("*/last.pt"):
         resume_only.unlink()
     return FineTuned(working=str(working), recording=str(recording))
+
+
+def head_kept(model: SeparatorModel, val: Validation, config: Config, floor_db: float
+              ) -> TrainConfig:
+    """The fine-tuning's train settings. A model with a band head (the full-band general
+    model) trains its head only when the matched reference's voices hold a band above
+    11 kHz (``reference_has_band``): over a band-limited library the head would learn to
+    give the recording's band to the complement. There it stays as shipped, in the graph,
+    while the U-Nets adapt. (Setting it aside, the U-Nets trained alone and the head
+    grafted back, did no better: bench/RESULTS.md, "Full band".)"""
+    if not getattr(model.config, "full_band", False) or reference_has_band(model, val,
+                                                                            floor_db):
+        return config.train
+    return config.train.model_copy(update={"freeze": [*config.train.freeze, "head.*"]})

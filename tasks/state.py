@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -46,17 +48,47 @@ def resolve_model(model: str | None, config: Config | None = None) -> str | None
     return model
 
 
-def general_models(config: Config, rate: int) -> tuple[str, str]:
+@functools.lru_cache(maxsize=8)
+def _band_above_db(path: str, size: int, mtime_ns: int, rate: int) -> float:
+    from stemloop.adapt.pretrained import BAND_EDGE_HZ
+    from stemloop.datasets.audio import file_energy_above_db
+
+    return file_energy_above_db(path, BAND_EDGE_HZ)
+
+
+def band_above_db(recording: str | Path, rate: int) -> float:
+    """The recording's energy above the general model's 11 kHz over its whole energy, in dB
+    (``file_energy_above_db``, one pass over the file, remembered while it is unchanged;
+    -inf, unread, when its rate's band cannot reach far enough above that edge to count,
+    ``holds_band``)."""
+    from stemloop.adapt.pretrained import holds_band  # torch: only when needed
+
+    if not holds_band(rate, 0.0):
+        return -math.inf
+    stat = Path(recording).stat()
+    return _band_above_db(str(Path(recording).resolve()), stat.st_size, stat.st_mtime_ns, rate)
+
+
+def general_models(config: Config, rate: int, high_band_db: float = -math.inf
+                   ) -> tuple[str, str]:
     """The model to fine-tune (working rate) and the one to separate with at ``rate``:
-    ``loop.model`` when set (one model for both), else the shipped general model's rungs.
+    ``loop.model`` when set (one model for both); else, for a recording with real content
+    above 11 kHz (``high_band_db``, ``band_above_db``; ``holds_band``), the shipped
+    full-band general model, whose band head keeps that band in the dialogue from
+    iteration 0; else the shipped general model's rungs.
     A missing or unusable file is a one-line UserError, before Prefect starts."""
     from stemloop.adapt.checkpoint import load_checkpoint  # torch: only when needed
-    from stemloop.adapt.separate import GENERAL_MODEL, shipped_model
+    from stemloop.adapt.pretrained import holds_band
+    from stemloop.adapt.separate import FULL_BAND_MODEL, GENERAL_MODEL, shipped_model
 
     if config.loop.model:
         model = resolve_model(config.loop.model, config)
         load_checkpoint(model)  # a missing or unusable file: one line naming it
         return model, model
+    full = (shipped_model(rate, FULL_BAND_MODEL)
+            if holds_band(rate, high_band_db, config.upscale.min_high_band_db) else None)
+    if full is not None:
+        return str(full), str(full)
     working = shipped_model(config.loop.working_rate)  # a one-rate model: its only rung
     if working is None:
         raise UserError(f"{GENERAL_MODEL}: the general model is missing; train it with "
@@ -66,12 +98,15 @@ def general_models(config: Config, rate: int) -> tuple[str, str]:
     return str(working), str(own if own.is_file() else working)
 
 
-def starting_models(config: Config, rate: int, chain: LoopRecipe | None) -> tuple[str, ...]:
+def starting_models(config: Config, recording: str | Path, rate: int,
+                    chain: LoopRecipe | None) -> tuple[str, ...]:
     """What the loop starts from, the files the run folder's name depends on: the general
-    model's working-rate and recording-rate checkpoints, or a recipe's file and its steps'
-    models (``loop_recipe``: a one-line error if unusable)."""
+    model's working-rate and recording-rate checkpoints (``general_models``; the recording
+    is read only when its rate could hold a band above 11 kHz and no model is named), or a
+    recipe's file and its steps' models (``loop_recipe``: a one-line error if unusable)."""
     if chain is None:
-        return general_models(config, rate)
+        band = -math.inf if config.loop.model else band_above_db(recording, rate)
+        return general_models(config, rate, band)
     return (chain.path, *(step.model for step in chain.steps))
 
 

@@ -22,7 +22,7 @@ from stemloop.tasks.results import cached_task
 from stemloop.tasks.state import state_dir
 from stemloop.tasks.tracking import Tracker
 
-CODE = (adapt.model, adapt.train, adapt.upscale, datasets.batches)
+CODE = (adapt.model, adapt.pretrained, adapt.train, adapt.upscale, datasets.batches)
 
 
 def training_data(config: Config, library: str, folder: Path) -> TrainingData:

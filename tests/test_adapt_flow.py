@@ -77,6 +77,8 @@ def test_adapt_flow_delivers_stems_report_figures_and_mlflow_runs(
     assert f"{first['quality/estimate']:.2f} -> {chosen['quality/estimate']:.2f}" in printed
     assert "true dialogue SI-SDR" in printed and f"stemloop review {run_dir}" in printed
     assert "Finished in state" not in printed and "stopped" in printed
+    assert report["start_model"] == str(model)
+    assert re.search(rf"started from\s+{model.parent.name}/tiny.pt", printed)
     for path in report["final"].values():  # -o: the delivered stems copied there
         assert (delivered / Path(path).name).read_bytes() == Path(path).read_bytes()
         assert str(delivered / Path(path).name) in printed

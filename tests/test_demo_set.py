@@ -77,7 +77,8 @@ def test_a_full_band_mixture_keeps_the_voice_above_11_khz(tmp_path: Path) -> Non
     11 kHz (the archival chain's band limit would leave none), exact truth."""
     import torch
 
-    from stemloop.datasets.audio import energy_above_db
+    from stemloop.datasets.audio import energy_above_db, file_energy_above_db
+    from stemloop.tasks.state import band_above_db
 
     full = demo_set.FULLBAND_SPECS[2]  # two voices: Bulgarian and Danish
     stems, meta = build_mixture(MixSpec(**{**full.__dict__, "seconds": 10.0}))
@@ -85,6 +86,12 @@ def test_a_full_band_mixture_keeps_the_voice_above_11_khz(tmp_path: Path) -> Non
     assert demo_set.verify(tmp_path) == 0.0
     assert {line["package"] for line in meta["lines"]} == {"tuxpaint-stamps-default"}
     assert energy_above_db(torch.from_numpy(stems["dialogue"])[None], 48000, 11025) > -45
+    mixture = torch.from_numpy(sf.read(tmp_path / "mixture.flac", dtype="float32",
+                                       always_2d=True)[0].T.copy())
+    whole = energy_above_db(mixture, 48000, 11025)  # read in blocks: the same figure
+    block_s = (mixture.shape[-1] - 1000) / 48000 / 2  # the last block 1000 samples long
+    assert abs(file_energy_above_db(tmp_path / "mixture.flac", 11025, block_s) - whole) < 0.05
+    assert band_above_db(tmp_path / "mixture.flac", 48000) == pytest.approx(whole, abs=0.05)
     archival, _ = build_mixture(MixSpec(**{**full.__dict__, "seconds": 10.0,
                                            "chain": "archival"}))
     assert energy_above_db(torch.from_numpy(archival["dialogue"])[None], 48000, 11025) < -50

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -285,6 +287,34 @@ def test_widening_keeps_the_unets_starts_as_the_parent_and_round_trips(spleeter,
              resample(resample(s, RATE, 16000), 16000, RATE)) for m, s in airy]
     assert reference_has_band(spleeter, airy, -45.0)
     assert not reference_has_band(spleeter, dull, -45.0)
+
+    # a model with a head: the same test; over a band-limited reference its head is frozen
+    from stemloop.config import load_config
+    from stemloop.tasks.finetune import head_kept
+
+    assert reference_has_band(wide, airy, -45.0) and not reference_has_band(wide, dull, -45.0)
+    config = load_config(None)
+    assert head_kept(wide, dull, config, -45.0).freeze == [*config.train.freeze, "head.*"]
+    assert head_kept(wide, airy, config, -45.0) == config.train
+    assert head_kept(spleeter, dull, config, -45.0) == config.train
+    frozen = {id(p) for g in parameter_groups(wide, "full", 1e-3, freeze=["head.*"])
+              for p in g["params"]}
+    assert frozen.isdisjoint(id(p) for p in wide.head.parameters()) and frozen
+
+def test_the_loop_starts_from_the_full_band_model_only_on_a_recording_with_that_band():
+    from stemloop.adapt.separate import FULL_BAND_MODEL, GENERAL_MODEL
+    from stemloop.config import load_config
+    from stemloop.tasks.state import general_models
+
+    config = load_config(None)
+    full = general_models(config, 48000, -30.0)
+    assert full == (str(FULL_BAND_MODEL / "model-44100.pt"),) * 2
+    assert general_models(config, 44100, -44.0) == full
+    for rate, band in ((48000, -70.0), (48000, float("-inf")), (22050, -30.0)):
+        work, rec = general_models(config, rate, band)  # a band-limited recording: as before
+        assert Path(work).parent == GENERAL_MODEL and Path(rec).parent == GENERAL_MODEL
+    named = load_config(None, [f"loop.model={GENERAL_MODEL / 'model-44100.pt'}"])
+    assert general_models(named, 48000, -30.0) == (named.loop.model,) * 2
 
 
 @pytest.mark.slow

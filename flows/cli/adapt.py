@@ -93,7 +93,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from stemloop.adapt.recipe import loop_recipe, recipe_file
 
     chain = loop_recipe(recipe_file(args.recipe)) if args.recipe else None
-    models = starting_models(config, stats.info.sample_rate, chain)  # missing: one line
+    # missing: one line
+    models = starting_models(config, args.recording, stats.info.sample_rate, chain)
     state = use_state_dir(state_dir(config), config)
     start_prefect(state)
     check_output_dir(state / "runs")
