@@ -370,8 +370,7 @@ def energy_above_db(audio: torch.Tensor, rate: int, edge_hz: float) -> float:
     real content above a model's band (archival transfers: none, below -60 dB)."""
     if rate / 2 <= edge_hz:
         return -math.inf
-    above, whole = _band_energy(audio, rate, edge_hz)
-    return _ratio_db(above, whole)
+    return _ratio_db(*_band_energy(audio, rate, edge_hz))
 
 
 def file_energy_above_db(path: str | Path, edge_hz: float, block_s: float = 60.0) -> float:
@@ -380,11 +379,9 @@ def file_energy_above_db(path: str | Path, edge_hz: float, block_s: float = 60.0
     info = probe(path)
     if info.sample_rate / 2 <= edge_hz:
         return -math.inf
-    above = whole = 0.0
-    for block in iter_blocks(path, int(block_s * info.sample_rate)):
-        a, w = _band_energy(block, info.sample_rate, edge_hz)
-        above, whole = above + a, whole + w
-    return _ratio_db(above, whole)
+    sums = [_band_energy(block, info.sample_rate, edge_hz)
+            for block in iter_blocks(path, int(block_s * info.sample_rate))]
+    return _ratio_db(sum(a for a, _ in sums), sum(w for _, w in sums))
 
 
 def _band_energy(audio: torch.Tensor, rate: int, edge_hz: float) -> tuple[float, float]:
