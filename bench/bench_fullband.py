@@ -79,7 +79,8 @@ def main() -> None:
                         help="run the loop on each mixture and score its iterations")
     parser.add_argument("--run", default="bench-fullband", help="with --adapt: run name")
     parser.add_argument("--table", nargs="+", type=Path, metavar="LOOP.json",
-                        help="print the per-mixture table of these --adapt results, no run")
+                        help="print the per-mixture table of these --adapt results, no run "
+                             "(A.json+B.json: one column from two runs' rows)")
     args = parser.parse_args()
     if args.table:
         return print(table(args.table))
@@ -154,10 +155,11 @@ def table(paths: list[Path]) -> str:
     """A markdown table of ``--adapt`` results: per mixture and file, iteration 0's and the
     delivered iteration's dialogue SI-SDR and band share, the delivered iteration, the wall
     time; then the means over the mixtures every file holds."""
-    runs = [{r["mixture"]: r for r in json.loads(p.read_text())["rows"]} for p in paths]
+    runs = [{r["mixture"]: r for part in str(p).split("+")
+             for r in json.loads(Path(part).read_text())["rows"]} for p in paths]
     names = [n for n in runs[0] if all(n in found for found in runs)]
-    head = "| mixture | " + " | ".join(f"{p.stem}: SI-SDR, band share (delivered)"
-                                        for p in paths) + " |"
+    head = "| mixture | " + " | ".join(f"{Path(str(p).split('+')[0]).stem}: SI-SDR, band "
+                                        "share (delivered)" for p in paths) + " |"
     lines = [head, "|---" * (len(paths) + 1) + "|"]
 
     def cell(row: dict) -> str:
