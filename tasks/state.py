@@ -49,7 +49,7 @@ def resolve_model(model: str | None, config: Config | None = None) -> str | None
 
 
 @functools.lru_cache(maxsize=8)
-def _band_above_db(path: str, size: int, mtime_ns: int, rate: int) -> float:
+def _band_above_db(path: str, size: int, mtime_ns: int) -> float:  # size, mtime: key
     from stemloop.adapt.pretrained import BAND_EDGE_HZ
     from stemloop.datasets.audio import file_energy_above_db
 
@@ -66,7 +66,7 @@ def band_above_db(recording: str | Path, rate: int) -> float:
     if not holds_band(rate, 0.0):
         return -math.inf
     stat = Path(recording).stat()
-    return _band_above_db(str(Path(recording).resolve()), stat.st_size, stat.st_mtime_ns, rate)
+    return _band_above_db(str(Path(recording).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def general_models(config: Config, rate: int, high_band_db: float = -math.inf

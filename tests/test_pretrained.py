@@ -301,6 +301,7 @@ def test_widening_keeps_the_unets_starts_as_the_parent_and_round_trips(spleeter,
               for p in g["params"]}
     assert frozen.isdisjoint(id(p) for p in wide.head.parameters()) and frozen
 
+
 def test_the_loop_starts_from_the_full_band_model_only_on_a_recording_with_that_band():
     from stemloop.adapt.separate import FULL_BAND_MODEL, GENERAL_MODEL
     from stemloop.config import load_config

@@ -93,7 +93,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from stemloop.adapt.recipe import loop_recipe, recipe_file
 
     chain = loop_recipe(recipe_file(args.recipe)) if args.recipe else None
-    # missing: one line
+    # a missing model file: one line
     models = starting_models(config, args.recording, stats.info.sample_rate, chain)
     state = use_state_dir(state_dir(config), config)
     start_prefect(state)
